@@ -1,0 +1,175 @@
+"""Comparing attributions: agreement metrics, bootstrap intervals, faithfulness and rationale recall.
+
+Every vector here is one example's unit scores (tokens, or words when word pieces are aggregated), with
+[CLS], [SEP] and padding already removed and L2-normalised.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
+FAITHFULNESS_METRICS = ["comprehensiveness", "sufficiency", "rationale_recall"]
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+# Sign agreement ignores units below this share of the example's largest |score| in both vectors: near-zero
+# scores flip sign on numerical noise and would otherwise dominate long, mostly irrelevant texts.
+SIGN_NEGLIGIBLE = 0.05
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity (NaN when either vector is zero)."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else math.nan
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of the signed scores (NaN when fewer than 2 units or a constant vector)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def top_units(a: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k units with the largest |score| (ties broken by position)."""
+    return np.argsort(-np.abs(a), kind="stable")[: min(k, len(a))]
+
+
+def topk_jaccard(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Jaccard overlap of the top-k units by |score|."""
+    if len(a) == 0:
+        return math.nan
+    sa, sb = set(top_units(a, k).tolist()), set(top_units(b, k).tolist())
+    return len(sa & sb) / len(sa | sb)
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray, negligible: float = SIGN_NEGLIGIBLE) -> float:
+    """Share of units with equal score signs, among units non-negligible in either vector."""
+    if len(a) == 0:
+        return math.nan
+    keep = (np.abs(a) >= negligible * np.abs(a).max()) & (np.abs(a) > 0)
+    keep |= (np.abs(b) >= negligible * np.abs(b).max()) & (np.abs(b) > 0)
+    if not keep.any():
+        return math.nan
+    return float(np.mean(np.sign(a[keep]) == np.sign(b[keep])))
+
+
+def compare(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
+    """All four agreement metrics between two unit-score vectors of one example."""
+    if len(a) != len(b):
+        raise ValueError(f"score vectors differ in length ({len(a)} vs {len(b)}): not the same example units")
+    return {"cosine": cosine(a, b), "spearman": spearman(a, b), "topk_jaccard": topk_jaccard(a, b, k),
+            "sign_agreement": sign_agreement(a, b)}
+
+
+def bootstrap_mean(values, n_boot: int, seed: int = 0, level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, ci_low, ci_high, n) of the non-NaN values, percentile bootstrap over them."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan, 0
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1) if n_boot > 0 else np.array([x.mean()])
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(x.mean()), float(lo), float(hi), len(x)
+
+
+def cue_units(offsets: np.ndarray, units: list[list[int]], spans) -> np.ndarray:
+    """Which units overlap a rationale span: token char offsets [L, 2] against (start, end, cue) spans."""
+    out = np.zeros(len(units), dtype=bool)
+    for u, positions in enumerate(units):
+        for p in positions:
+            s, e = int(offsets[p][0]), int(offsets[p][1])
+            if any(s < end and e > start for start, end, *_ in spans):
+                out[u] = True
+                break
+    return out
+
+
+def rationale_recall(scores: np.ndarray, cues: np.ndarray, k: int) -> float:
+    """Share of cue units among the top-k units by |score|, over min(k, number of cue units)."""
+    n_cues = int(cues.sum())
+    if n_cues == 0:
+        return math.nan
+    return float(cues[top_units(scores, k)].sum()) / min(k, n_cues)
+
+
+def random_recall(n_units: int, n_cues: int, k: int) -> float:
+    """Expected rationale recall@k of a uniformly random ranking."""
+    if n_cues == 0 or n_units == 0:
+        return math.nan
+    return min(k, n_units) * n_cues / n_units / min(k, n_cues)
+
+
+@torch.no_grad()
+def faithfulness(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, units: list[list[list[int]]],
+                 scores: list[np.ndarray], targets: torch.Tensor, replacement_id: int,
+                 fractions=FRACTIONS, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (comprehensiveness, sufficiency): AOPC of the explained class's probability drop when the
+    top fractions of units (ranked by signed score, i.e. evidence for that class) are replaced / kept alone.
+
+    Replaced tokens keep their attention mask, so positions and length stay fixed and only content is removed.
+    """
+    model.eval()
+    device = input_ids.device
+    variants, owners = [], []
+    for i, (ex_units, s) in enumerate(zip(units, scores)):
+        order = np.argsort(-s, kind="stable")
+        for frac in fractions:
+            top = order[: max(1, math.ceil(frac * len(order)))] if len(order) else order
+            removed = input_ids[i].clone()
+            kept = input_ids[i].clone()
+            top_set = set(top.tolist())
+            for u, positions in enumerate(ex_units):
+                target = removed if u in top_set else kept
+                target[positions] = replacement_id
+            variants += [removed, kept]
+            owners.append(i)
+    full_p = _class_prob(model, input_ids, attention_mask, targets, batch_size)
+    ids = torch.stack(variants)
+    masks = attention_mask[torch.tensor(owners, device=device).repeat_interleave(2)]
+    tgt = targets[torch.tensor(owners, device=device).repeat_interleave(2)]
+    probs = _class_prob(model, ids, masks, tgt, batch_size).reshape(len(units), len(fractions), 2)
+    drop = full_p[:, None, None] - probs
+    return drop[:, :, 0].mean(axis=1), drop[:, :, 1].mean(axis=1)
+
+
+def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, batch_size: int) -> np.ndarray:
+    out = []
+    for start in range(0, len(ids), batch_size):
+        logits = model(input_ids=ids[start:start + batch_size], attention_mask=mask[start:start + batch_size]).logits
+        p = torch.softmax(logits.float(), dim=-1)
+        out.append(p.gather(1, targets[start:start + batch_size, None])[:, 0].cpu())
+    return torch.cat(out).numpy()
+
+
+def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Mean and bootstrap 95% CI over examples, per model x mode x seed and metric."""
+    rows = []
+    for (model, mode, s), g in per_example.groupby(["model", "mode", "seed"], sort=False):
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+            mean, lo, hi, n = bootstrap_mean(g[metric], n_boot, seed)
+            if n:
+                rows.append({"model": model, "mode": mode, "seed": s, "metric": metric, "mean": mean,
+                             "ci_low": lo, "ci_high": hi, "n": n})
+    return pd.DataFrame(rows, columns=["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n"])
+
+
+def kd_differences(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Paired distilled - independent difference per student and metric (per example, averaged over seeds)."""
+    rows = []
+    students = per_example[per_example["mode"].isin(["independent", "distilled"])]
+    for model, g in students.groupby("model", sort=False):
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+            wide = g.pivot_table(index=["id", "seed"], columns="mode", values=metric, aggfunc="mean")
+            if not {"independent", "distilled"} <= set(wide.columns):
+                continue
+            diff = (wide["distilled"] - wide["independent"]).groupby(level="id").mean()
+            mean, lo, hi, n = bootstrap_mean(diff, n_boot, seed)
+            if n:
+                rows.append({"model": model, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi, "n": n})
+    return pd.DataFrame(rows, columns=["model", "metric", "diff", "ci_low", "ci_high", "n"])

