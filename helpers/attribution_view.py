@@ -10,6 +10,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS
+from .run_folder import save_figure as _save
 
 CLASS_NAMES = {0: "second party wins", 1: "first party wins"}
 
@@ -55,15 +56,6 @@ def render_html(examples, frame: pd.DataFrame, scores: dict[str, list[np.ndarray
         parts.append("</table>")
     parts.append("</div>")
     return "\n".join(parts)
-
-
-def _save(fig: Figure, run_dir: str | Path | None, name: str) -> Figure:
-    fig.tight_layout()
-    if run_dir is not None:
-        folder = Path(run_dir) / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
-    return fig
 
 
 def _ceiling(summary: pd.DataFrame, metric: str) -> pd.Series | None:

@@ -21,6 +21,7 @@ from .deployment import Deployed, deploy, variant_accuracy, variants_for
 from .models import (PAPER_SPECS, REGISTRY, ModelSpec, build_model, checkpoint_size_mb, count_params, load_model,
                      load_spec)
 from .notebook_setup import pick_device
+from .run_folder import save_figure as _save
 
 BATCHES = (1, 32)
 TOKEN_RANGE = (1000, 30000)  # random ids away from the special tokens ([PAD]=0, [CLS]=101, ...)
@@ -328,15 +329,6 @@ def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: 
             paper_df.to_csv(out / "paper.csv", index=False)
         (out / "environment.json").write_text(json.dumps(env, indent=2))
     return BenchmarkResult(latency, variant_table, paper_df, env)
-
-
-def _save(fig: Figure, run_dir: str | Path | None, name: str) -> Figure:
-    fig.tight_layout()
-    if run_dir is not None:
-        folder = Path(run_dir) / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
-    return fig
 
 
 def plot_latency(table: pd.DataFrame, run_dir: str | Path | None = None, name: str = "05_latency.png") -> Figure:

@@ -115,7 +115,7 @@ def validate(params: dict[str, Any]) -> None:
                f"must be a positive integer, got {params[name]!r}")
     _check(isinstance(params["bench_warmup"], int) and params["bench_warmup"] >= 0, "bench_warmup", "must be >= 0")
     _check(isinstance(params["threads"], int) and params["threads"] >= 0, "threads", "must be an integer >= 0")
-    for lr in ("teacher_lr", "student_lr"):
+    for lr in ("teacher_lr", "student_lr", "student_lr_warm"):
         _check(isinstance(params[lr], num) and params[lr] > 0, lr, f"must be > 0, got {params[lr]!r}")
     for name in ("seeds", "attribution_seeds"):
         _check(isinstance(params[name], list) and params[name] and all(isinstance(s, int) for s in params[name]),

@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from helpers.synthetic import generate_justice_csv, rationales_path
 from helpers.tokenization import get_tokenizer
+from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")
@@ -401,15 +402,6 @@ def load_rationales(run_dir: str | Path) -> dict[str, list[tuple[int, int, str]]
             rec = json.loads(line)
             out[str(rec["id"])] = [(int(a), int(b), str(c)) for a, b, c in rec["spans"]]
     return out
-
-
-def _save(fig: Figure, run_dir: str | Path | None, name: str) -> Figure:
-    fig.tight_layout()
-    if run_dir is not None:
-        folder = Path(run_dir) / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
-    return fig
 
 
 def plot_label_balance(splits: dict[str, pd.DataFrame], run_dir: str | Path | None = None) -> Figure:

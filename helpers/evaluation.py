@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 METRICS = ("accuracy", "macro_f1", "roc_auc", "ece", "agreement", "kl_to_teacher")
@@ -64,14 +65,37 @@ def is_collapsed(teacher_metrics: dict[str, float], majority_accuracy: float, to
     return bool(teacher_metrics["accuracy"] <= majority_accuracy + tol or one_class)
 
 
+def _binary_macro_f1(preds: np.ndarray, labels: np.ndarray) -> float:
+    # The same number as sklearn's f1_score(average="macro", zero_division=0) for 0/1 labels, ~50x faster:
+    # the bootstrap calls it hundreds of thousands of times.
+    tp = np.sum((preds == 1) & (labels == 1))
+    fp = np.sum((preds == 1) & (labels == 0))
+    fn = np.sum((preds == 0) & (labels == 1))
+    tn = len(labels) - tp - fp - fn
+    f1_pos = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    f1_neg = 2 * tn / (2 * tn + fn + fp) if tn + fn + fp else 0.0
+    present = [f for f, n in ((f1_neg, tn + fp + fn), (f1_pos, tp + fp + fn)) if n]
+    return float(np.mean(present)) if present else 0.0
+
+
+def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    # Mann-Whitney form of ROC-AUC with average ranks for ties (equals sklearn's roc_auc_score).
+    n1 = int(labels.sum())
+    n0 = len(labels) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray) -> float:
     preds = (probs1 >= 0.5).astype(int)
     if metric == "accuracy":
         return float((preds == labels).mean())
     if metric == "macro_f1":
-        return float(f1_score(labels, preds, average="macro", zero_division=0))
+        return _binary_macro_f1(preds, labels)
     if metric == "roc_auc":
-        return safe_auc(labels, probs1)
+        return _binary_auc(labels, probs1)
     if metric == "agreement":
         return float((preds == teacher_pred).mean())
     raise ValueError(f"unknown metric {metric!r}")

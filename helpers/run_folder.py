@@ -78,3 +78,13 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_figure(fig, run_dir: str | Path | None, name: str):
+    """Tight-layout `fig` and, when `run_dir` is given, save it as `run_dir/figures/<name>`; return it."""
+    fig.tight_layout()
+    if run_dir is not None:
+        folder = Path(run_dir) / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+    return fig

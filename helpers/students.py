@@ -18,11 +18,16 @@ from .training import CaseDataset, TrainConfig, predict_logits, train
 
 
 def run_student_stage(run_dir: str | Path, students: list[str], student_epochs: int, student_lr: float,
-                      seeds: list[int], batch_size: int, alpha: float, temperature: float, max_len: int,
+                      student_lr_warm: float, seeds: list[int], batch_size: int, alpha: float, temperature: float,
+                      max_len: int,
                       teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
                       device: str = "cpu", model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
                       progress: bool = False) -> dict[str, Any]:
-    """Train each student x mode x seed; write checkpoints, metrics, test predictions and the KD gain table."""
+    """Train each student x mode x seed; write checkpoints, metrics, test predictions and the KD gain table.
+
+    Students starting from random weights train at `student_lr`; those starting from teacher layers or pretrained
+    weights at `student_lr_warm` (a rate that suits one would wreck or starve the other in a short budget).
+    """
     run_dir = Path(run_dir)
     splits = data_mod.load_splits(run_dir)
     encoded = encode_splits(splits, max_len)
@@ -43,7 +48,8 @@ def run_student_stage(run_dir: str | Path, students: list[str], student_epochs: 
             for mode in MODES:
                 start = time.perf_counter()
                 model = build_model(spec, teacher=teacher, seed=seed)
-                cfg = TrainConfig(epochs=student_epochs, lr=student_lr, batch_size=batch_size, seed=seed,
+                lr = student_lr if spec.init == "random" else student_lr_warm
+                cfg = TrainConfig(epochs=student_epochs, lr=lr, batch_size=batch_size, seed=seed,
                                   selection_metric=selection_metric, class_weighted=class_weighted, device=device,
                                   progress=progress)
                 model, history = train(model, train_set, val_set, cfg, mode=mode, alpha=alpha,
@@ -90,4 +96,13 @@ def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     out["seeds"] = g["seed"].nunique()
     for c in cols:
         out[c] = [f"{a:.3f} ± {s:.3f}" if n > 1 else f"{a:.3f}" for a, s, n in zip(mean[c], std[c], out["seeds"])]
-    return out.reset_index()
+    out = out.reset_index()
+    baselines = data_mod.load_data_card(run_dir)["baselines"]
+    rows = [{"model": label, "mode": "baseline", **{c: f"{baselines[key][split][src]:.3f}" for c, src in
+                                                     (("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
+                                                      ("roc_auc", "roc_auc"))}}
+            for key, label in (("majority", "majority class"), ("tfidf_logreg", "TF-IDF + logistic regression"))]
+    table = pd.concat([pd.DataFrame(rows), out], ignore_index=True)
+    table["seeds"] = table["seeds"].astype("Int64").astype(str).replace("<NA>", "")
+    table["params_m"] = table["params_m"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    return table[["model", "mode", "params_m", "seeds", *cols]].fillna("")

@@ -12,14 +12,9 @@ from sklearn.metrics import confusion_matrix
 
 from . import data as data_mod
 from .evaluation import softmax
-from .run_folder import read_index, run_path
+from .run_folder import read_index
+from .run_folder import save_figure as _save
 from .teacher import load_teacher_logits, teacher_summary
-
-
-def _save(fig: Figure, run_dir: str | Path | None, name: str) -> Figure:
-    if run_dir is not None:
-        fig.savefig(run_path(run_dir, "figures", name), bbox_inches="tight")
-    return fig
 
 
 def _histories(run_dir: Path, entries: list[dict]) -> pd.DataFrame:
@@ -111,6 +106,9 @@ def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Fi
         ax.set_xticks(sorted(h["epoch"].unique()))
         ax.axhline(teacher_summary(run_dir)["val"]["accuracy"] if metric == "val_accuracy" else np.nan,
                    color="black", ls="--", lw=1)
+    for ax in axes[0][1:]:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     axes[0][0].set_ylabel(f"{metric.replace('_', ' ')} (dashed: teacher)")
     fig.suptitle("Students per epoch: independent vs distilled (band: ± 1 sd over seeds)")
     return _save(fig, run_dir, "03_student_curves.png")

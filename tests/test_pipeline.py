@@ -42,3 +42,20 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
 def test_rerun_with_same_parameters_skips_everything(smoke_run):
     report = run(resolve("smoke", run_dir=str(smoke_run)), log_output=False)
     assert [x["status"] for x in report] == ["skipped"] * 5
+
+
+def test_sweep_reruns_only_the_student_stage(smoke_run):
+    from helpers.sweep import sweep
+
+    table = sweep([("alpha", "0.2,0.8")], profile="smoke", run_dir=str(smoke_run))
+    sweep_dir = smoke_run.parent / f"{smoke_run.name}-sweep"
+    assert (sweep_dir / "sweep.csv").is_file() and (sweep_dir / "sweep.png").is_file()
+    assert sorted(set(table["alpha"])) == [0.2, 0.8]
+    base_manifest = (smoke_run / "manifests" / "02_train_teacher.json").read_text()
+    for combo in ("alpha=0.2", "alpha=0.8"):
+        folder = sweep_dir / combo
+        # the teacher stage was reused (its manifest is the base run's, byte for byte), the student stage ran
+        assert (folder / "manifests" / "02_train_teacher.json").read_text() == base_manifest
+        assert json.loads((folder / "manifests" / "03_train_students.json").read_text())["hash"]
+        assert yaml.safe_load((folder / "params.yaml").read_text())["alpha"] == float(combo.split("=")[1])
+        assert not (folder / "manifests" / "04_compare_attributions.json").exists()

@@ -1,0 +1,94 @@
+"""report.html: one self-contained page (no code, figures inlined) built from summary.json and the report's tables."""
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+.answer{background:#f3f7fb;border-left:4px solid #2b6cb0;padding:.8em 1em}
+.warn{background:#fff4e5;border-left:4px solid #dd6b20;padding:.8em 1em}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border:1px solid #ddd;padding:3px 7px}
+th{background:#f5f5f5}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:12px;color:#555}iframe{width:100%;height:650px;border:1px solid #ccc}
+.meta{font-size:12px;color:#666}
+"""
+STAGES = {"01": "Data", "02": "Teacher", "03": "Students", "04": "Attributions", "05": "Benchmark and report"}
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def table_html(df: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table, every cell HTML-escaped."""
+    return df.to_html(index=False, escape=True, na_rep="–", border=0, float_format=lambda v: f"{v:.4g}")
+
+
+def figure_html(path: Path, caption: str) -> str:
+    """A PNG inlined as base64 with a caption."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{_esc(path.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _figures(run: Path) -> list[str]:
+    parts = []
+    for number, title in STAGES.items():
+        pngs = sorted((run / "figures").glob(f"{number}_*.png"))
+        if pngs:
+            parts.append(f"<h3>{number} · {_esc(title)}</h3>")
+            parts += [figure_html(p, f"figures/{p.name}") for p in pngs]
+    return parts
+
+
+def _examples(run: Path) -> list[str]:
+    page = run / "attributions" / "examples.html"
+    if not page.is_file():
+        return ["<p>Stage 04 did not run: no attribution examples.</p>"]
+    # srcdoc is an attribute, so the whole page is escaped once more; sandbox="" forbids scripts in the frame.
+    return ['<p>Token attributions for a few test cases (also in '
+            '<a href="attributions/examples.html">attributions/examples.html</a>):</p>',
+            f'<iframe sandbox="" srcdoc="{html.escape(page.read_text(encoding="utf-8"), quote=True)}"></iframe>']
+
+
+def render_report(run_dir: str | Path, summary: dict[str, Any], tables: Mapping[str, pd.DataFrame]) -> str:
+    """The report page: headline, verdicts, recommendation, tables, every stage's figures, attribution examples."""
+    run = Path(run_dir)
+    t, rec = summary["teacher"], summary["recommendation"]
+    box = "warn" if t["collapsed"] or not rec["meaningful"] else "answer"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Distilling Justice · "
+             f"{_esc(summary['profile'])}</title><style>{STYLE}</style></head><body>",
+             f"<h1>Distilling Justice: independent training vs true distillation</h1>",
+             f"<p class='meta'>profile <b>{_esc(summary['profile'])}</b> · created {_esc(summary['created'])} · "
+             f"teacher {_esc(t['name'])} ({t['params'] / 1e6:.1f}M parameters)</p>",
+             f"<p><b>Question.</b> {_esc(summary['question'])}</p>",
+             f"<div class='{box}'><p><b>Answer.</b> {_esc(summary['headline'])}</p><ul>",
+             *[f"<li><code>{_esc(v['model'])}</code>: {_esc(v['text'])}</li>" for v in summary["verdicts"]],
+             f"</ul><p><b>Recommendation.</b> {_esc(rec['text'])}</p></div>"]
+    if t["collapsed"]:
+        parts.append(f"<p class='warn'>The teacher collapsed: its test accuracy {t['accuracy']:.3f} does not beat "
+                     f"the majority class. Every distillation comparison in this run is marked not meaningful.</p>")
+    for title, df in tables.items():
+        parts += [f"<h2>{_esc(title)}</h2>", table_html(df)]
+    parts += ["<h2>Figures</h2>", *_figures(run), "<h2>Attribution examples</h2>", *_examples(run)]
+    env = (summary.get("benchmark") or {}).get("environment") or {}
+    if env:
+        parts.append("<p class='meta'>Timing environment: "
+                     + " · ".join(f"{_esc(k)} {_esc(v)}" for k, v in env.items()) + "</p>")
+    parts.append("<p class='meta'>Machine-readable: <a href='summary.json'>summary.json</a>. Executed notebooks: "
+                 "<a href='notebooks/'>notebooks/</a>.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, summary: dict[str, Any], tables: Mapping[str, pd.DataFrame]) -> Path:
+    """Write `report.html` into the run folder."""
+    path = Path(run_dir) / "report.html"
+    path.write_text(render_report(run_dir, summary, tables), encoding="utf-8")
+    return path

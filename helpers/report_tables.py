@@ -1,0 +1,145 @@
+"""Stage 05's reading material: the answer, floor and ceiling, per-model tables and report.html, from the run folder."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .report import QUESTION, STUDENT_MODES, kd_verdicts, load_tables, teacher_collapsed
+from .training_plots import baselines_frame
+
+ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness, rationale "
+                     "recall: mean [95% CI]")
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 and not math.isnan(std) else f"{mean:.3f}"
+
+
+def kd_table(run_dir: str | Path) -> pd.DataFrame:
+    """Per student: test accuracy independent vs distilled (mean ± std over seeds), paired difference, verdict."""
+    t = load_tables(run_dir)
+    acc = t.kd_gain[t.kd_gain["metric"] == "accuracy"].reset_index(drop=True)
+    params = t.metrics.groupby("model")["params"].first()
+    lines = {v["model"]: v["text"] for v in kd_verdicts(t)}
+    return pd.DataFrame({
+        "student": acc["model"],
+        "params_m": [round(params.get(m, np.nan) / 1e6, 2) for m in acc["model"]],
+        "seeds": acc["n_seeds"],
+        "independent": [_mean_std(a, s, n) for a, s, n in zip(acc["independent_mean"], acc["independent_std"],
+                                                               acc["n_seeds"])],
+        "distilled": [_mean_std(a, s, n) for a, s, n in zip(acc["distilled_mean"], acc["distilled_std"],
+                                                             acc["n_seeds"])],
+        "distilled − independent": acc["diff"].map("{:+.3f}".format),
+        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(acc["ci_low"], acc["ci_high"])],
+        "verdict": [lines[m] for m in acc["model"]],
+    })
+
+
+def floor_ceiling(run_dir: str | Path) -> pd.DataFrame:
+    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per mode."""
+    t = load_tables(run_dir)
+    refs = baselines_frame(run_dir)
+    students = t.metrics[t.metrics["mode"].isin(STUDENT_MODES)]
+    means = students.groupby(["model", "mode"], sort=False)[["accuracy", "macro_f1", "roc_auc"]].mean()
+    rows = [{"model": f"best student, {mode} ({m})", **means.loc[(m, mode)].to_dict()}
+            for mode in STUDENT_MODES if mode in means.index.get_level_values("mode")
+            for m in [means.xs(mode, level="mode")["accuracy"].idxmax()]]
+    out = pd.concat([refs, pd.DataFrame(rows)], ignore_index=True)
+    out.loc[out["model"] == "majority class", "model"] = f"majority class (rate {t.card['majority_rate']:.3f})"
+    return out.round(4)
+
+
+def _fmt_stat(s: dict[str, Any] | None) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s.get("std") is not None else "")
+
+
+def _fmt_interval(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "–"
+    ci = (f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s.get("ci_low") is not None and s.get("ci_high") is not None
+          else "")
+    return f"{s['mean']:.3f}{ci}"
+
+
+def models_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """Size, speed, accuracy, fidelity and attribution agreement per model x mode, formatted for reading."""
+    rows = []
+    for e in summary["models"]:
+        fid = e["fidelity"] or {}
+        rows.append({"model": e["name"], "mode": e["mode"], "shape": e["shape"], "params_m": e["params"] / 1e6,
+                     "size_mb": e["size_mb"], "latency_ms_b1": e["latency_ms_b1"],
+                     "latency_ms_b32": e["latency_ms_b32"], "speedup_vs_teacher": e["speedup_vs_teacher"],
+                     "accuracy": _fmt_stat(e["accuracy"]), "macro_f1": _fmt_stat(e["macro_f1"]),
+                     "auc": _fmt_stat(e["auc"]), "agreement": _fmt_stat(fid.get("agreement")),
+                     "kl_to_teacher": _fmt_stat(fid.get("kl_to_teacher")),
+                     "attribution_cosine": _fmt_interval(e["attribution_cosine"])})
+    return pd.DataFrame(rows).round({"params_m": 2, "size_mb": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
+                                     "speedup_vs_teacher": 2})
+
+
+def recommendation_text(summary: dict[str, Any]) -> str:
+    """The recommendation as one Markdown line."""
+    rec = summary["recommendation"]
+    return f"**Recommendation** (tolerance {rec['tolerance']:.3f} in test accuracy): {rec['text']}"
+
+
+def headline_markdown(summary: dict[str, Any]) -> str:
+    """Question, answer and one verdict line per student, as Markdown."""
+    lines = [f"**Question.** {summary['question']}", "", f"**Answer.** {summary['headline']}", ""]
+    lines += [f"- `{v['model']}`: {v['text']}" for v in summary["verdicts"]]
+    return "\n".join(lines)
+
+
+def answer_markdown(run_dir: str | Path) -> str:
+    """The question and one verdict line per student (available before the benchmark runs), as Markdown."""
+    t = load_tables(run_dir)
+    lines = [f"**Question.** {QUESTION}", ""]
+    if teacher_collapsed(t):
+        lines += [f"**Warning: the teacher {t.index['teacher']['name']} collapsed** (test accuracy "
+                  f"{t.teacher['test']['accuracy']:.3f}, majority class {t.teacher['majority_test_accuracy']:.3f}): "
+                  f"no distillation comparison in this run is meaningful.", ""]
+    lines += [f"- `{v['model']}`: {v['text']}" for v in kd_verdicts(t)]
+    return "\n".join(lines)
+
+
+def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Every table of the report, titled, in reading order (stage 04 and paper tables only when present)."""
+    run = Path(run_dir)
+    t = load_tables(run)
+    out = {"Did distillation help? Test accuracy per student (mean ± std over seeds)": kd_table(run),
+           "Floor and ceiling: test split": floor_ceiling(run),
+           "Size, speed, accuracy and fidelity to the teacher, per model x mode (test split)": models_table(summary)}
+    if t.paper is not None:
+        out["The seed's six architectures (random weights): measured vs claimed"] = t.paper.round(3)
+    variants = run / "benchmark" / "variants.csv"
+    if variants.is_file():
+        v = pd.read_csv(variants)
+        out["Deployment variants at batch 32 (mean over modes and seeds)"] = v.groupby(
+            ["model", "variant"], sort=False, as_index=False)[
+            ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
+    if t.attributions is not None:
+        out[ATTRIBUTION_TITLE] = attribution_table(run)
+    return out
+
+
+def attribution_table(run_dir: str | Path) -> pd.DataFrame | str:
+    """Stage 04's agreement, faithfulness and rationale recall per model: 'mean [95% CI]' (a note if it did not run)."""
+    from .attribution_view import summary_table
+
+    t = load_tables(run_dir)
+    if t.attributions is None:
+        return "stage 04 did not run: no attribution tables"
+    return summary_table(t.attributions).reset_index().rename(columns={"row": "model"})
+
+
+def export_html(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write `report.html` (self-contained: tables, verdicts, every figure inlined, no code)."""
+    from .report_html import write_report
+
+    return write_report(run_dir, summary, report_tables(run_dir, summary))

@@ -1,0 +1,107 @@
+"""The JSON Schema of `summary.json` (documented in docs/summary_schema.md) and its validator."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCHEMA_VERSION = "1"
+
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_INT = {"type": "integer", "minimum": 0}
+_STR = {"type": "string"}
+
+
+def _object(properties: dict[str, Any], nullable: bool = False, extra: bool = False) -> dict[str, Any]:
+    """An object schema whose every listed property is required."""
+    return {"type": ["object", "null"] if nullable else "object", "required": list(properties),
+            "properties": properties, "additionalProperties": extra}
+
+
+_STAT = _object({"mean": _NUM, "std": _NUM_OR_NULL})  # std is null with a single seed
+_STAT_OR_NAN = _object({"mean": _NUM_OR_NULL, "std": _NUM_OR_NULL})  # AUC is undefined with one class only
+_INTERVAL = _object({"mean": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "seeds": {
+    "type": "array", "items": {"type": "integer"}}}, nullable=True)
+
+MODEL_ENTRY = _object({
+    "name": _STR,
+    "mode": {"enum": ["teacher", "independent", "distilled"]},
+    "role": {"enum": ["teacher", "student"]},
+    "shape": _STR,
+    "params": _INT,
+    "non_embedding_params": _INT,
+    "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+    "size_mb": _NUM_OR_NULL,
+    "latency_ms_b1": _NUM_OR_NULL,
+    "latency_ms_b32": _NUM_OR_NULL,
+    "speedup_vs_teacher": _NUM_OR_NULL,
+    "accuracy": _STAT,
+    "macro_f1": _STAT,
+    "auc": _STAT_OR_NAN,
+    "fidelity": _object({"agreement": _STAT, "kl_to_teacher": _STAT}, nullable=True),
+    "attribution_cosine": _INTERVAL,
+    "kd_gain": _object({"diff": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "meaningful": {
+        "type": "boolean"}, "verdict": _STR}, nullable=True),
+})
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Distilling Justice run summary (summary.json)",
+    **_object({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "profile": _STR,
+        "created": _STR,
+        "question": _STR,
+        "headline": _STR,
+        "verdicts": {"type": "array", "items": _object({"model": _STR, "text": _STR})},
+        "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {
+            "majority_rate": _NUM,
+            "baselines": {"type": "object", "required": ["majority", "tfidf_logreg"]},
+            "bayes_accuracy": {"type": "object"}}},
+        "teacher": _object({
+            "name": _STR, "shape": _STR, "seed": {"type": "integer"}, "params": _INT,
+            "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL, "collapsed": {"type": "boolean"},
+            "margin_over_tfidf": _NUM, "margin_over_majority": _NUM, "ceiling_accuracy": _NUM_OR_NULL,
+            "attribution_cosine_ceiling": _INTERVAL}),
+        "recommendation": _object({
+            "meaningful": {"type": "boolean"}, "model": {"type": ["string", "null"]},
+            "mode": {"enum": ["teacher", "independent", "distilled", None]}, "params": {"type": ["integer", "null"]},
+            "accuracy": _NUM_OR_NULL, "teacher_accuracy": _NUM, "gap": _NUM_OR_NULL,
+            "speedup_vs_teacher": _NUM_OR_NULL, "tolerance": {"type": "number", "minimum": 0}, "text": _STR}),
+        "models": {"type": "array", "items": MODEL_ENTRY, "minItems": 1},
+        "benchmark": _object({"environment": {"type": ["object", "null"]},
+                              "paper": {"type": ["array", "null"], "items": {"type": "object"}}}, nullable=True),
+    }),
+}
+
+
+class SummaryError(ValueError):
+    """summary.json does not match its schema; the message lists every problem."""
+
+
+def _non_finite(obj: Any, path: str = "$") -> list[str]:
+    """Paths of NaN/inf values (not valid JSON; the builder writes null instead)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{path}: {obj} is not valid JSON (use null)"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def schema_errors(summary: Any) -> list[str]:
+    """Every way `summary` breaks the schema, as 'path: message' lines (empty when valid)."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(summary), key=lambda e: list(map(str, e.absolute_path)))
+    lines = [f"{e.json_path}: {e.message}" for e in errors]
+    return lines + _non_finite(summary)
+
+
+def validate_summary(summary: Any) -> None:
+    """Raise SummaryError listing every schema violation of `summary`."""
+    errors = schema_errors(summary)
+    if errors:
+        raise SummaryError("summary.json does not match its schema:\n  " + "\n  ".join(errors[:20]))

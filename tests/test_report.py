@@ -1,0 +1,237 @@
+"""Stage 05: summary.json and its schema, verdicts, the recommendation, the Pareto figure and report.html."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from helpers import report, report_figures, report_tables
+from helpers.config import REPO_ROOT
+from helpers.evaluation import verdict
+from helpers.report_html import render_report
+from helpers.runner import parameter_cell
+from helpers.summary_schema import SummaryError, schema_errors, validate_summary
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "05_report.ipynb"
+EVIL = '<script>alert("case")</script>'
+
+
+def _entry(name: str, role: str, mode: str, seed: int, path: str, params: int) -> dict:
+    return {"name": name, "role": role, "mode": mode, "seed": seed, "path": path, "params": params,
+            "non_embedding_params": params // 4, "shape": "2x64"}
+
+
+def _metric_row(name: str, role: str, mode: str, seed: int, acc: float, params: int) -> dict:
+    return {"model": name, "role": role, "mode": mode, "seed": seed, "split": "test", "accuracy": acc,
+            "macro_f1": acc - 0.05, "roc_auc": acc + 0.05, "ece": 0.05, "positive_rate": 0.6,
+            "agreement": float("nan") if role == "teacher" and mode == "teacher" else 0.9,
+            "kl_to_teacher": float("nan") if mode == "teacher" else 0.05, "params": params,
+            "non_embedding_params": params // 4}
+
+
+def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = None, collapsed: bool = False,
+             teacher_acc: float = 0.80) -> Path:
+    """A hand-made run folder with stages 01-03 and the benchmark done: students {name: (params, ind, dist)}."""
+    students = students or {"S_big": (10_000_000, 0.79, 0.80), "S_small": (2_000_000, 0.70, 0.785)}
+    for sub in ("data", "models", "benchmark", "figures"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    split = {"accuracy": 0.6, "macro_f1": 0.375, "roc_auc": 0.5}
+    card = {"majority_rate": 0.6, "bayes_accuracy": {"train": 0.9, "val": 0.9, "test": 0.9},
+            "baselines": {"majority": {"val": split, "test": split},
+                          "tfidf_logreg": {s: {"accuracy": 0.7, "macro_f1": 0.68, "roc_auc": 0.75}
+                                           for s in ("val", "test")}}}
+    (root / "data" / "data_card.json").write_text(json.dumps(card))
+    teacher = _entry("T", "teacher", "teacher", 0, "models/teacher", 20_000_000)
+    ceiling = _entry("T", "teacher", "ceiling", 1, "models/teacher_ceiling", 20_000_000)
+    test = {"accuracy": teacher_acc, "macro_f1": teacher_acc - 0.02, "roc_auc": 0.85, "ece": 0.05,
+            "positive_rate": 0.6}
+    (root / "models" / "teacher_metrics.json").write_text(json.dumps({
+        "teacher": teacher, "ceiling": ceiling, "test": test, "val": test,
+        "ceiling_test": {"accuracy": 0.79, "macro_f1": 0.77, "roc_auc": 0.84, "agreement": 0.95, "kl_to_teacher": 0.02},
+        "collapsed": collapsed, "majority_rate": 0.6, "majority_test_accuracy": 0.6, "tfidf_test_accuracy": 0.7,
+        "margin_over_tfidf": teacher_acc - 0.7, "margin_over_majority": teacher_acc - 0.6}))
+    entries, rows, gains, bench = [], [_metric_row("T", "teacher", "teacher", 0, teacher_acc, 20_000_000),
+                                       _metric_row("T", "teacher", "ceiling", 1, 0.79, 20_000_000)], [], []
+    bench.append({"model": "T", "mode": "teacher", "seed": 0, "size_mb": 80.0, "latency_ms_b1": 10.0,
+                  "latency_ms_b32": 100.0, "speedup_vs_teacher_b32": 1.0})
+    for i, (name, (params, ind, dist)) in enumerate(students.items()):
+        for mode, acc in (("independent", ind), ("distilled", dist)):
+            for seed, jitter in ((0, -0.005), (1, 0.005)):
+                entries.append(_entry(name, "student", mode, seed, f"models/students/{name}/{mode}/seed{seed}", params))
+                rows.append(_metric_row(name, "student", mode, seed, acc + jitter, params))
+            bench.append({"model": name, "mode": mode, "seed": 0, "size_mb": params * 4e-6,
+                          "latency_ms_b1": 2.0 + i, "latency_ms_b32": 100.0 * params / 20_000_000,
+                          "speedup_vs_teacher_b32": 20_000_000 / params})
+        gains.append({"model": name, "metric": "accuracy", "n_seeds": 2, "independent_mean": ind,
+                      "independent_std": 0.007, "distilled_mean": dist, "distilled_std": 0.007, "diff": dist - ind,
+                      "ci_low": dist - ind - 0.03, "ci_high": dist - ind + 0.03, "meaningful": not collapsed,
+                      "verdict": ""})
+    (root / "models" / "models.json").write_text(json.dumps({"teacher": teacher, "teacher_ceiling": ceiling,
+                                                              "teacher_collapsed": collapsed, "students": entries}))
+    pd.DataFrame(rows).to_csv(root / "models" / "metrics.csv", index=False)
+    pd.DataFrame(gains).to_csv(root / "models" / "kd_gain.csv", index=False)
+    pd.DataFrame(bench).to_csv(root / "benchmark" / "benchmark.csv", index=False)
+    return root
+
+
+@pytest.fixture()
+def fake_run(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "run")
+
+
+@pytest.fixture()
+def summary(fake_run: Path) -> dict:
+    return report.build_summary(fake_run, profile="test", tolerance=0.02)
+
+
+# --- schema ---------------------------------------------------------------------------------------------------------
+
+def test_summary_of_a_run_validates_and_is_written(fake_run: Path, summary: dict) -> None:
+    assert schema_errors(summary) == []
+    path = report.write_summary(fake_run, summary)
+    written = json.loads(path.read_text())
+    assert written["profile"] == "test" and written["teacher"]["name"] == "T"
+    assert [(m["name"], m["mode"]) for m in written["models"]] == [
+        ("T", "teacher"), ("S_big", "independent"), ("S_big", "distilled"), ("S_small", "independent"),
+        ("S_small", "distilled")]
+    small = next(m for m in written["models"] if m["name"] == "S_small" and m["mode"] == "distilled")
+    assert small["accuracy"]["mean"] == pytest.approx(0.785) and small["accuracy"]["std"] > 0
+    assert small["kd_gain"]["diff"] == pytest.approx(0.085) and small["kd_gain"]["verdict"].startswith(
+        "distillation helped")
+    assert small["attribution_cosine"] is None  # stage 04 did not run
+    assert written["models"][0]["kd_gain"] is None and written["models"][0]["fidelity"] is None
+
+
+@pytest.mark.parametrize("breakage", ["missing key", "string for number", "nan", "bad mode"])
+def test_validator_rejects_a_broken_summary(summary: dict, breakage: str) -> None:
+    broken = copy.deepcopy(summary)
+    if breakage == "missing key":
+        del broken["recommendation"]
+    elif breakage == "string for number":
+        broken["models"][1]["accuracy"]["mean"] = "0.79"
+    elif breakage == "nan":
+        broken["teacher"]["accuracy"] = float("nan")
+    else:
+        broken["models"][1]["mode"] = "online"
+    with pytest.raises(SummaryError):
+        validate_summary(broken)
+
+
+def test_invalid_summary_is_not_written(fake_run: Path, summary: dict) -> None:
+    del summary["models"]
+    with pytest.raises(SummaryError, match="models"):
+        report.write_summary(fake_run, summary)
+    assert not (fake_run / "summary.json").exists()
+
+
+# --- verdicts and recommendation -----------------------------------------------------------------------------------
+
+def test_verdict_says_no_evidence_when_the_interval_covers_zero() -> None:
+    assert verdict(0.01, -0.02, 0.04).startswith("no evidence")
+    assert verdict(0.05, 0.01, 0.09).startswith("distillation helped")
+    assert "collapsed" in verdict(0.0, 0.0, 0.0, meaningful=False, teacher_name="T")
+
+
+def test_kd_table_and_verdicts_name_no_evidence(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", {"S": (1_000_000, 0.78, 0.79)})
+    table = report_tables.kd_table(run)
+    assert list(table["student"]) == ["S"]
+    assert table["verdict"][0].startswith("no evidence of a difference")
+    assert "no evidence" in report_tables.answer_markdown(run)
+
+
+def test_recommend_picks_the_smallest_model_within_tolerance() -> None:
+    table = pd.DataFrame([
+        {"name": "big", "mode": "independent", "params": 30, "accuracy": 0.80, "speedup_vs_teacher": 2.0},
+        {"name": "big", "mode": "distilled", "params": 30, "accuracy": 0.81, "speedup_vs_teacher": 2.0},
+        {"name": "mid", "mode": "independent", "params": 10, "accuracy": 0.75, "speedup_vs_teacher": 5.0},
+        {"name": "mid", "mode": "distilled", "params": 10, "accuracy": 0.79, "speedup_vs_teacher": 5.0},
+        {"name": "tiny", "mode": "independent", "params": 2, "accuracy": 0.70, "speedup_vs_teacher": 20.0},
+        {"name": "tiny", "mode": "distilled", "params": 2, "accuracy": 0.72, "speedup_vs_teacher": 20.0}])
+    rec = report.recommend(table, teacher_accuracy=0.80, tolerance=0.02)
+    assert (rec["model"], rec["mode"], rec["speedup_vs_teacher"]) == ("mid", "distilled", 5.0)
+    assert rec["gap"] == pytest.approx(-0.01) and "mid" in rec["text"] and rec["meaningful"]
+    none = report.recommend(table, teacher_accuracy=0.90, tolerance=0.02)
+    assert none["model"] is None and "No student" in none["text"]
+    collapsed = report.recommend(table, teacher_accuracy=0.80, tolerance=0.02, collapsed=True)
+    assert collapsed["model"] is None and not collapsed["meaningful"] and "collapsed" in collapsed["text"]
+
+
+def test_summary_recommends_and_says_so(summary: dict) -> None:
+    rec = summary["recommendation"]
+    assert (rec["model"], rec["mode"], rec["params"]) == ("S_small", "distilled", 2_000_000)
+    assert rec["speedup_vs_teacher"] == pytest.approx(10.0)
+    assert "S_small" in summary["headline"]
+
+
+def test_collapsed_teacher_makes_everything_not_meaningful(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", collapsed=True, teacher_acc=0.6)
+    s = report.build_summary(run, profile="test", tolerance=0.02)
+    validate_summary(s)
+    assert s["teacher"]["collapsed"] and not s["recommendation"]["meaningful"]
+    assert all(v["text"].startswith("not meaningful") for v in s["verdicts"])
+    assert "collapsed" in s["headline"]
+
+
+# --- figure and HTML ------------------------------------------------------------------------------------------------
+
+def test_pareto_front_keeps_only_non_dominated_points() -> None:
+    mask = report_figures.pareto_front([1.0, 2.0, 3.0, 2.5], [0.6, 0.8, 0.85, 0.7])
+    assert mask.tolist() == [True, True, True, False]
+
+
+def test_pareto_plot_is_saved(fake_run: Path, summary: dict) -> None:
+    report_figures.plot_pareto(summary, fake_run)
+    assert (fake_run / "figures" / "05_pareto.png").stat().st_size > 1000
+
+
+def test_report_html_escapes_data_text(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", {EVIL: (1_000_000, 0.7, 0.72)})
+    (run / "attributions").mkdir()
+    (run / "attributions" / "examples.html").write_text(f"<p>{EVIL}</p>")
+    s = report.build_summary(run, profile="test", tolerance=0.02)
+    page = report_tables.export_html(run, s).read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;" in page
+    assert "<iframe sandbox=" in page and "05_pareto" not in page  # no figure was made in this run
+
+
+def test_report_html_inlines_every_figure(fake_run: Path, summary: dict) -> None:
+    report_figures.plot_pareto(summary, fake_run)
+    html = render_report(fake_run, summary, report_tables.report_tables(fake_run, summary))
+    assert "data:image/png;base64," in html and "figures/05_pareto.png" in html
+    assert "<code>" in html and "Recommendation" in html
+
+
+# --- the notebook ---------------------------------------------------------------------------------------------------
+
+def test_parameters_match_the_default_profile() -> None:
+    _, values = parameter_cell(NOTEBOOK)
+    defaults = yaml.safe_load((REPO_ROOT / "profiles" / "default.yaml").read_text())
+    assert {k: defaults[k] for k in values} == values
+    assert {"run_dir", "profile", "recommend_tolerance", "paper_benchmark"} <= set(values)
+
+
+def test_report_notebook_renders_summary_and_report(smoke_run: Path) -> None:
+    from helpers.config import resolve
+    from helpers.runner import run
+
+    # `smoke_run` (tests/conftest.py) ran 01 -> 05 through the runner; asking for 05 again finds it up to date
+    assert run(resolve("smoke", run_dir=str(smoke_run)), only="05", log_output=False)[0]["status"] == "skipped"
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    validate_summary(summary)
+    assert summary["profile"] == "smoke"
+    n_students = len({s["name"] for s in json.loads((smoke_run / "models" / "models.json").read_text())["students"]})
+    assert len(summary["models"]) == 1 + 2 * n_students
+    assert all(m["latency_ms_b32"] > 0 for m in summary["models"])
+    if summary["teacher"]["collapsed"]:
+        assert not summary["recommendation"]["meaningful"]
+        assert all(v["text"].startswith("not meaningful") for v in summary["verdicts"])
+    assert (smoke_run / "figures" / "05_pareto.png").is_file()
+    assert (smoke_run / "benchmark" / "benchmark.csv").is_file()
+    page = (smoke_run / "report.html").read_text()
+    assert "<script" not in page.lower() and "data:image/png;base64," in page
