@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown model spec {name!r} (known: {', '.join(REGISTRY)})")
     if not 8 <= args.max_len <= 512 or args.n < args.batch_size or args.rounds < 1 or args.threads < 1:
         p.error("need 8 <= --max-len <= 512, --n >= --batch-size, --rounds >= 1, --threads >= 1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     frame, _ = generate_cases(args.n, seed=7)
     frame = frame[frame["first_party_winner"].notna()]
