@@ -20,8 +20,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one parameter (lists: a,b,c)" if name == "run" else
                        "a swept parameter and its comma-separated values")
         s.add_argument("--data", help="path of a JUSTICE-schema csv (sets data_path)")
+        s.add_argument("--transfer", help="path of a csv of unlabelled transfer cases, labels ignored (sets "
+                                          "transfer_path)")
         s.add_argument("--run-dir", help="run folder (default runs/<profile>)")
         s.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+        s.add_argument("--verbose", action="store_true",
+                       help="stream papermill's log (cell by cell, every cell's text output, kernel warnings) "
+                            "instead of only what the notebooks print")
         if name == "run":
             s.add_argument("--only", help="run this stage only (e.g. 02 or train_teacher)")
             s.add_argument("--from", dest="start", help="run from this stage on")
@@ -36,19 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .runner import StageFailed
 
+    transfer = [("transfer_path", args.transfer)] if args.transfer is not None else []
     try:
         if args.command == "run":
             from .config import resolve
             from .runner import run
 
-            params = resolve(None if args.param_file else args.profile, args.param_file, args.param, args.data,
-                             args.run_dir)
-            run(params, only=args.only, start=args.start, until=args.until, force=args.force)
+            params = resolve(None if args.param_file else args.profile, args.param_file, [*args.param, *transfer],
+                             args.data, args.run_dir)
+            run(params, only=args.only, start=args.start, until=args.until, force=args.force, verbose=args.verbose)
         else:
             from .sweep import sweep
 
-            sweep(args.param, None if args.param_file else args.profile, args.param_file, args.set, args.data,
-                  args.run_dir, args.force)
+            sweep(args.param, None if args.param_file else args.profile, args.param_file, [*args.set, *transfer],
+                  args.data, args.run_dir, args.force, verbose=args.verbose)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from .attribution import (DELTA_FLOOR, REPLACEMENT_IDS, encode_examples, explain
                           unit_scores)
 from .attribution_view import render_html
 from .models import load_model
+from .progress import progress
 
 PER_EXAMPLE_COLUMNS = ["model", "mode", "seed", "id", "label", *agreement.AGREEMENT_METRICS, "delta", "rel_delta",
                        "flagged", "comprehensiveness", "sufficiency", "rationale_recall"]
@@ -64,7 +65,7 @@ def run_attribution_stage(run_dir: str | Path, device: str | torch.device, max_l
                 for i, cid in enumerate(frame["id"])]
 
     rows, timing, scores = [], [], {}
-    for e in entries:
+    for e in progress(entries, desc="attributions (models)"):
         model = teacher if e["tag"] == "teacher" else load_model(run / e["path"], device)
         expl = explain(model, run / e["path"], examples, targets, out / "cache" / f"{e['tag']}.safetensors",
                        ig_steps, ig_internal_batch_size, max_len, device)

@@ -21,6 +21,7 @@ from .deployment import Deployed, deploy, variant_accuracy, variants_for
 from .models import (PAPER_SPECS, REGISTRY, ModelSpec, build_model, checkpoint_size_mb, count_params, load_model,
                      load_spec)
 from .notebook_setup import pick_device
+from .progress import progress
 from .run_folder import save_figure as _save
 
 BATCHES = (1, 32)
@@ -129,7 +130,7 @@ def time_interleaved(runners: Mapping[Hashable, Callable[[], object]], repeats: 
     # Round-robin: a burst of load from other processes hits every model in the same repeat instead of
     # inflating one model's times, so ratios between models stay trustworthy on a shared, noisy machine.
     # The start rotates each repeat so no model always runs right after the same neighbour.
-    for r in range(repeats):
+    for r in progress(range(repeats), desc=f"timing {len(keys)} workloads (repeats)"):
         for i in range(len(keys)):
             key = keys[(r + i) % len(keys)]
             _sync(device)
@@ -278,8 +279,11 @@ def _entry_label(entry: Mapping) -> str:
 def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
                   device: str | torch.device = "auto", seeds: Sequence[int] = (0,), paper_benchmark: bool = True,
                   split: str = "test", batch_size: int = 32, paper: Sequence[ModelSpec] | None = None,
-                  write: bool = True) -> BenchmarkResult:
-    """Benchmark the run's teacher and students (given seeds) and their variants; write `benchmark/`."""
+                  write: bool = True, max_cases: int = 0) -> BenchmarkResult:
+    """Benchmark the run's teacher and students (given seeds) and their variants; write `benchmark/`.
+
+    The deployment variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+    """
     run_dir = Path(run_dir)
     index_path = run_dir / "models" / "models.json"
     if not index_path.is_file():
@@ -290,6 +294,7 @@ def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: 
         raise ValueError(f"models.json lists no student with seed in {list(seeds)}")
     entries = [index["teacher"], *students]
     data = pd.read_csv(run_dir / "data" / f"{split}.csv")
+    data = data.iloc[:max_cases] if max_cases else data
     dev = resolve_device(device)
     variants = variants_for(dev)
     with pinned_threads(threads) as n_threads:

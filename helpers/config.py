@@ -8,7 +8,6 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "profiles"
-MODES = ("independent", "distilled")
 
 
 class ConfigError(ValueError):
@@ -109,14 +108,40 @@ def validate(params: dict[str, Any]) -> None:
     for frac in ("val_frac", "test_frac"):
         _check(isinstance(params[frac], num) and 0 < params[frac] < 1, frac, f"must be in (0, 1), got {params[frac]!r}")
     _check(params["val_frac"] + params["test_frac"] < 1, "val_frac", "val_frac + test_frac must be < 1")
-    for name in ("synthetic_n", "max_len", "batch_size", "teacher_epochs", "student_epochs", "ig_examples",
-                 "ig_steps", "ig_internal_batch_size", "topk", "bench_repeats", "bootstrap_n"):
+    for name in ("synthetic_n", "max_len", "batch_size", "teacher_epochs", "student_max_steps", "eval_every", "workers",
+                 "ig_examples", "ig_steps", "ig_internal_batch_size", "topk", "bench_repeats", "bootstrap_n"):
         _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] > 0, name,
                f"must be a positive integer, got {params[name]!r}")
+    _check(isinstance(params["bench_seeds"], list) and params["bench_seeds"]
+           and set(params["bench_seeds"]) <= set(params["seeds"]), "bench_seeds",
+           f"must be a non-empty subset of seeds {params['seeds']}")
+    for name in ("val_n", "test_n", "synthetic_transfer_n", "transfer_n", "patience", "bench_cases"):
+        _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] >= 0, name,
+               f"must be an integer >= 0, got {params[name]!r}")
+    _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
+    _check(isinstance(params["trim_vocab"], bool), "trim_vocab", "must be true or false")
+    from .training import ARMS
+
+    _check(isinstance(params["arms"], list) and "independent" in params["arms"]
+           and set(params["arms"]) <= set(ARMS), "arms",
+           f"must be a list of {', '.join(ARMS)} that includes independent, got {params['arms']!r}")
+    _check(isinstance(params["transfer_students"], list) and set(params["transfer_students"]) <= set(
+        params["students"]), "transfer_students", "must be a subset of students ([] = all)")
+    _check(isinstance(params["transfer_path"], str), "transfer_path", "must be a path string ('' = none)")
+    _check(isinstance(params["transfer_curve"], list) and all(
+        isinstance(v, num) and not isinstance(v, bool) and v > 0 for v in params["transfer_curve"]),
+        "transfer_curve", "must be a list of positive multiples of the labelled training set ([] skips the curve)")
+    _check(isinstance(params["transfer_curve_seeds"], list) and params["transfer_curve_seeds"]
+           and set(params["transfer_curve_seeds"]) <= set(params["seeds"]), "transfer_curve_seeds",
+           f"must be a non-empty subset of seeds {params['seeds']}")
     _check(isinstance(params["bench_warmup"], int) and params["bench_warmup"] >= 0, "bench_warmup", "must be >= 0")
     _check(isinstance(params["threads"], int) and params["threads"] >= 0, "threads", "must be an integer >= 0")
-    for lr in ("teacher_lr", "student_lr", "student_lr_warm"):
-        _check(isinstance(params[lr], num) and params[lr] > 0, lr, f"must be > 0, got {params[lr]!r}")
+    _check(isinstance(params["teacher_lr"], num) and params["teacher_lr"] > 0, "teacher_lr",
+           f"must be > 0, got {params['teacher_lr']!r}")
+    for grid in ("student_lr_grid", "student_lr_grid_warm"):
+        _check(isinstance(params[grid], list) and params[grid] and all(
+            isinstance(v, num) and not isinstance(v, bool) and v > 0 for v in params[grid]), grid,
+            f"must be a non-empty list of learning rates > 0, got {params[grid]!r}")
     for name in ("seeds", "attribution_seeds"):
         _check(isinstance(params[name], list) and params[name] and all(isinstance(s, int) for s in params[name]),
                name, f"must be a non-empty list of integers, got {params[name]!r}")

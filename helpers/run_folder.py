@@ -8,6 +8,16 @@ from typing import Any
 
 import pandas as pd
 
+from .config import REPO_ROOT
+
+
+def project_path(path: str | Path) -> Path | str:
+    """`path` with a relative path resolved against the project root (as the runner does); "" (unset) stays ""."""
+    if str(path) == "":
+        return ""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
 
 def run_path(run_dir: str | Path, *parts: str) -> Path:
     """`run_dir/parts...`, parent folders created."""

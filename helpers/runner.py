@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -15,10 +16,14 @@ from typing import Any
 
 import nbformat
 
-from .config import REPO_ROOT, write_params
+from .config import REPO_ROOT, ConfigError, write_params
+from .run_folder import project_path
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 HASH_EXCLUDED = {"run_dir", "profile"}  # where a run lives, and its label, don't change what a stage computes
+INPUT_FILES = ("data_path", "transfer_path")  # CSV parameters checked before any stage starts
+RUNNER_ENV = "DISTILLING_JUSTICE_RUNNER"  # set in a kernel the runner started (notebook_setup tells it apart)
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]  # drops the kernel's start-up warnings (plain TCP transport)
 
 # Files each stage must leave behind for its manifest to count as complete (beyond the executed notebook).
 STAGE_OUTPUTS: dict[str, list[str]] = {
@@ -89,11 +94,16 @@ def notebook_digest(nb_path: Path) -> str:
     return hashlib.sha256("\n\0".join(c.source for c in nb.cells).encode()).hexdigest()
 
 
+def stage_params(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a stage declares that change what it computes (run_dir and profile left out)."""
+    _, declared = parameter_cell(stage.path)
+    return {k: params[k] for k in sorted(declared) if k in params and k not in HASH_EXCLUDED}
+
+
 def stage_hash(stage: Stage, params: dict[str, Any], upstream: str) -> str:
     """Hash of the stage's notebook, the parameters it declares, and the hash of the stage before it."""
-    _, declared = parameter_cell(stage.path)
-    used = {k: params[k] for k in sorted(declared) if k in params and k not in HASH_EXCLUDED}
-    blob = json.dumps({"notebook": notebook_digest(stage.path), "params": used, "upstream": upstream},
+    blob = json.dumps({"notebook": notebook_digest(stage.path), "params": stage_params(stage, params),
+                       "upstream": upstream},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -112,13 +122,45 @@ def is_complete(run_dir: Path, stage: Stage, digest: str) -> bool:
     return manifest.get("hash") == digest and all((run_dir / o).exists() for o in outputs)
 
 
-def _configure_logging() -> None:
+def check_input_files(params: dict[str, Any], stages: list[Stage]) -> None:
+    """ConfigError naming the parameter and file when a CSV a stage about to run reads is missing or unreadable."""
+    from .data import DataError, read_justice_csv
+
+    declared = set().union(*(parameter_cell(s.path)[1] for s in stages)) if stages else set()
+    for name in INPUT_FILES:
+        value = params.get(name) or ""
+        if not value or name not in declared:
+            continue
+        path = project_path(value)
+        shown = f"{value} (= {path}, relative paths start at the project root)" if path != Path(value) else value
+        try:
+            read_justice_csv(Path(path))
+        except DataError as err:
+            raise ConfigError(f"parameter {name}: {str(err).replace(str(path), shown, 1)}") from None
+        except OSError as err:
+            raise ConfigError(f"parameter {name}: {shown}: cannot be read ({err.strerror})") from None
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to sys.stdout as it is when a record comes (it may have been replaced since the handler was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _configure_logging(verbose: bool) -> None:
     logger = logging.getLogger("papermill")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # INFO is papermill's chatter (paths, `Executing Cell N`, every cell's text output); WARNING keeps its warnings.
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
 
 
@@ -134,27 +176,47 @@ def _kernel_environment() -> None:
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 
-def execute_stage(stage: Stage, params: dict[str, Any], run_dir: Path, log_output: bool = True) -> Path:
-    """Execute one notebook with papermill into `run_dir/notebooks/`; raise StageFailed with the failing cell."""
+def execute_stage(stage: Stage, params: dict[str, Any], run_dir: Path, log_output: bool = True,
+                  verbose: bool = False) -> Path:
+    """Execute one notebook with papermill into `run_dir/notebooks/`; raise StageFailed with the failing cell.
+
+    Args:
+        log_output: stream the notebook's output to this process's stdout/stderr as it runs.
+        verbose: stream papermill's log instead (`Executing Cell N`, every cell's text output, the kernel's own
+            warnings); otherwise only what the notebook prints (and its warnings) is streamed.
+    """
     import papermill as pm
 
     _, declared = parameter_cell(stage.path)
     out = run_dir / "notebooks" / stage.path.name
     out.parent.mkdir(parents=True, exist_ok=True)
+    streams = ({"log_output": True} if verbose else
+               {"log_output": False, "extra_arguments": QUIET_KERNEL,
+                **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if log_output else {})})
+    os.environ[RUNNER_ENV] = "1"  # inherited by the kernel papermill starts
     try:
         pm.execute_notebook(str(stage.path), str(out), parameters={k: params[k] for k in declared if k in params},
-                            kernel_name="python3", log_output=log_output, progress_bar=False, cwd=str(REPO_ROOT),
-                            request_save_on_cell_execute=True)
+                            kernel_name="python3", progress_bar=False, cwd=str(REPO_ROOT),
+                            request_save_on_cell_execute=True, **streams)
     except pm.PapermillExecutionError as err:
         cell = _failing_cell(stage.path, out, err.exec_count)
         shown = stage.path.relative_to(REPO_ROOT) if stage.path.is_relative_to(REPO_ROOT) else stage.path
-        raise StageFailed(f"notebook {shown} failed in cell {cell}: "
-                          f"{err.ename}: {err.evalue}\nexecuted copy: {out}") from None
+        source = "\n".join(f"    {line}" for line in err.source.splitlines())
+        raise StageFailed(f"notebook {shown} failed in cell {cell}: {err.ename}: {err.evalue}\n"
+                          f"--- cell source ---\n{source}\n--- traceback ---\n{_plain_traceback(err.traceback)}\n"
+                          f"executed copy: {out}") from None
+    finally:
+        os.environ.pop(RUNNER_ENV, None)
     return out
 
 
+def _plain_traceback(lines: list[str]) -> str:
+    """The kernel's traceback without its terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines)).rstrip()
+
+
 def _failing_cell(source: Path, executed: Path, exec_count: int) -> str:
-    """`#i: first line` of the failing cell, i counted in the committed notebook (0-based)."""
+    """`#i (In [n])` of the failing cell, i counted in the committed notebook (0-based)."""
     try:
         nb = nbformat.read(executed, as_version=4)
         original = nbformat.read(source, as_version=4)
@@ -162,44 +224,50 @@ def _failing_cell(source: Path, executed: Path, exec_count: int) -> str:
         return f"[{exec_count}]"
     for c in nb.cells:
         if c.cell_type == "code" and c.get("execution_count") == exec_count:
-            first = next((line for line in c.source.splitlines() if line.strip()), "")
             index = next((i for i, o in enumerate(original.cells) if o.source == c.source), "?")
-            return f"#{index} (In [{exec_count}]): {first[:100]}"
+            return f"#{index} (In [{exec_count}])"
     return f"[{exec_count}]"
 
 
 def run(params: dict[str, Any], only: str | None = None, start: str | None = None, until: str | None = None,
-        force: bool = False, log_output: bool = True, stages: list[Stage] | None = None) -> list[dict[str, Any]]:
-    """Run the stages in order (or `only` one, or `start` onwards); returns what happened to each."""
-    _configure_logging()
+        force: bool = False, log_output: bool = True, stages: list[Stage] | None = None,
+        verbose: bool = False) -> list[dict[str, Any]]:
+    """Run the stages in order (or `only` one, or `start` onwards); returns what happened to each.
+
+    Input files (data_path, transfer_path) are checked before any stage starts. `log_output` streams each
+    notebook's printed output; `verbose` streams papermill's full log instead (see execute_stage).
+    """
+    _configure_logging(verbose)
     _kernel_environment()
     stages = stages if stages is not None else discover_stages()
     if not stages:
         raise ValueError(f"no numbered notebooks in {NOTEBOOKS_DIR}")
-    run_dir = Path(params["run_dir"])
-    if not run_dir.is_absolute():
-        run_dir = REPO_ROOT / run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_params(params, run_dir / "params.yaml")
+    run_dir = Path(project_path(params["run_dir"]))
     first = find_stage(stages, only or start) if (only or start) else 0
     last = find_stage(stages, only or until) if (only or until) else len(stages) - 1
-    report, upstream, redo = [], "", False
-    total_start = time.perf_counter()
+    plan, upstream, redo = [], "", False  # (index, stage, hash, runs?) of the stages in range
     for i, stage in enumerate(stages):
         digest = stage_hash(stage, params, upstream)
         upstream = digest
-        if i < first or i > last:
-            continue
+        if first <= i <= last:
+            runs = force or redo or not is_complete(run_dir, stage, digest)
+            redo = redo or runs  # once a stage reruns, every later stage reruns too
+            plan.append((i, stage, digest, runs))
+    check_input_files(params, [stage for _, stage, _, runs in plan if runs])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_params(params, run_dir / "params.yaml")
+    report = []
+    total_start = time.perf_counter()
+    for i, stage, digest, runs in plan:
         tag = f"[{i + 1}/{len(stages)}] {stage.label}"
-        if not (force or redo) and is_complete(run_dir, stage, digest):
+        if not runs:
             print(f"{tag}: up to date, skipped", flush=True)
             report.append({"stage": stage.label, "status": "skipped"})
             continue
-        redo = True  # once a stage reruns, every later stage reruns too
         manifest_path(run_dir, stage).unlink(missing_ok=True)
         print(f"{tag}: running ...", flush=True)
         t0 = time.perf_counter()
-        executed = execute_stage(stage, params, run_dir, log_output=log_output)
+        executed = execute_stage(stage, params, run_dir, log_output=log_output, verbose=verbose)
         seconds = time.perf_counter() - t0
         outputs = [o for o in stage.outputs if (run_dir / o).exists()]
         missing = sorted(set(stage.outputs) - set(outputs))
@@ -208,7 +276,8 @@ def run(params: dict[str, Any], only: str | None = None, start: str | None = Non
                               f"executed copy: {executed}")
         manifest = {"stage": stage.label, "hash": digest, "seconds": round(seconds, 1),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "outputs": [str(executed.relative_to(run_dir)), *outputs]}
+                    "outputs": [str(executed.relative_to(run_dir)), *outputs],
+                    "params": stage_params(stage, params)}
         manifest_path(run_dir, stage).parent.mkdir(parents=True, exist_ok=True)
         manifest_path(run_dir, stage).write_text(json.dumps(manifest, indent=2))
         print(f"{tag}: done in {seconds:.0f} s", flush=True)

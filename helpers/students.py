@@ -1,87 +1,396 @@
-"""Stage 03: train every student independently and distilled, on identical data, seeds and budgets."""
+"""Stage 03: train every student in every arm (independent, distilled, transfer), on identical seeds and budgets."""
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from . import data as data_mod
-from .config import MODES
-from .evaluation import kd_gain_table
+from .evaluation import classification_metrics, kd_gain_table
 from .models import build_model, get_spec, load_model, save_model
-from .run_folder import read_index, write_csv, write_index
-from .teacher import SPLITS, encode_splits, index_entry, load_teacher_logits, record, replace_student_rows, \
-    teacher_predictions
-from .training import CaseDataset, TrainConfig, predict_logits, train
+from .run_folder import read_index, read_json, write_csv, write_index, write_json
+from .teacher import SPLITS, TRANSFER, encode_splits, index_entry, load_cases, load_teacher_logits, record, \
+    replace_student_rows, teacher_predictions, teacher_summary
+from .training import ARMS, TRANSFER_ARMS, CaseDataset, TrainConfig, predict_logits, resolve_precision, train
 
 
-def run_student_stage(run_dir: str | Path, students: list[str], student_epochs: int, student_lr: float,
-                      student_lr_warm: float, seeds: list[int], batch_size: int, alpha: float, temperature: float,
-                      max_len: int,
-                      teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
-                      device: str = "cpu", model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
-                      progress: bool = False) -> dict[str, Any]:
-    """Train each student x mode x seed; write checkpoints, metrics, test predictions and the KD gain table.
+@dataclass(frozen=True)
+class Job:
+    """One training run: a student in an arm with a seed and a learning rate."""
 
-    Students starting from random weights train at `student_lr`; those starting from teacher layers or pretrained
-    weights at `student_lr_warm` (a rate that suits one would wreck or starve the other in a short budget).
-    """
+    name: str
+    arm: str
+    seed: int
+    lr: float
+    final: bool  # True: saved as the run's checkpoint and scored on test; False: a trial (learning rate, curve)
+    transfer_n: int | None = None  # transfer cases for a transfer arm (None: the stage's transfer_n)
+
+
+@dataclass
+class Shared:
+    """What every run of the stage reads: encoded cases, labels, teacher logits, datasets, vocabulary, teacher."""
+
+    run_dir: Path
+    settings: dict[str, Any]
+    encoded: dict[str, list]
+    labels: dict[str, np.ndarray]
+    t_logits: dict[str, np.ndarray]
+    keep_ids: list[int] | None
+    teacher: Any
+    online_teacher: Any
+    train_set: CaseDataset
+    val_set: CaseDataset
+    transfer_set: CaseDataset | None  # the whole unlabelled pool (label -1) with its teacher logits
+
+    def with_transfer(self, n: int | None = None) -> CaseDataset:
+        """The labelled training cases followed by the first n transfer cases (n: the stage's transfer_n)."""
+        n = self.settings["transfer_n"] if n is None else n
+        labelled = CaseDataset(self.encoded["train"], self.labels["train"], self.t_logits["train"])
+        if not n:
+            return labelled
+        pool = self.transfer_set
+        return labelled.concat(CaseDataset(pool.encodings[:n], pool.labels[:n], pool.teacher_logits[:n]))
+
+
+_SHARED: dict[str, Shared] = {}  # per process: loaded once by load_shared (the parent, or a worker's initializer)
+
+
+def load_shared(run_dir: str | Path, settings: dict[str, Any]) -> Shared:
+    """Load the stage's inputs once per process (tokenised cases, cached teacher logits, the teacher)."""
     run_dir = Path(run_dir)
-    splits = data_mod.load_splits(run_dir)
-    encoded = encode_splits(splits, max_len)
-    labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
-    t_logits = load_teacher_logits(run_dir, splits, max_len)
+    cases = load_cases(run_dir)
+    encoded = encode_splits(cases, settings["max_len"])
+    labels = {s: cases[s]["label"].to_numpy() for s in SPLITS}
+    t_logits = load_teacher_logits(run_dir, cases, settings["max_len"])
     index = read_index(run_dir)
     teacher_dir = run_dir / index["teacher"]["path"]
-    teacher = load_model(teacher_dir, "cpu")
-    online_teacher = load_model(teacher_dir, device) if teacher_mode == "online" else None
-    # The teacher's logits ride in every batch for the distilled mode; the independent mode ignores them, so
-    # both modes see the very same batches in the very same order.
-    train_set = CaseDataset(encoded["train"], labels["train"], None if online_teacher else t_logits["train"])
-    val_set = CaseDataset(encoded["val"], labels["val"], t_logits["val"])
+    online = load_model(teacher_dir, settings["device"]) if settings["teacher_mode"] == "online" else None
+    # The teacher's logits ride in every batch for the distilled arms; the independent arm ignores them, so both
+    # see the very same batches in the very same order.
+    train_set = CaseDataset(encoded["train"], labels["train"], None if online else t_logits["train"])
+    pool = None
+    if TRANSFER in encoded:
+        n = len(encoded[TRANSFER])
+        pool = CaseDataset(encoded[TRANSFER], np.full(n, -1), t_logits[TRANSFER])
+    shared = Shared(run_dir=run_dir, settings=settings, encoded=encoded, labels=labels, t_logits=t_logits,
+                    keep_ids=data_mod.load_vocabulary(run_dir) if settings["trim_vocab"] else None,
+                    teacher=load_model(teacher_dir, "cpu"), online_teacher=online, train_set=train_set,
+                    val_set=CaseDataset(encoded["val"], labels["val"]), transfer_set=pool)
+    _SHARED["stage"] = shared
+    return shared
+
+
+def _init_worker(run_dir: str, settings: dict[str, Any], threads: int) -> None:
+    torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    load_shared(run_dir, settings)
+
+
+def _did_not_learn(val_logits: np.ndarray) -> str:
+    """'' when the model uses more than one class on validation; else the reason it counts as not learned."""
+    classes = np.unique(val_logits.argmax(axis=1))
+    return "" if len(classes) > 1 else f"predicts class {int(classes[0])} for every validation case"
+
+
+def job_folder(run_dir: Path, job: Job) -> Path:
+    """Where a run's checkpoint goes: its final place, or a staging folder for a learning-rate trial."""
+    if job.final:
+        return run_dir / "models" / "students" / job.name / job.arm / f"seed{job.seed}"
+    extra = "" if job.transfer_n is None else f"-transfer{job.transfer_n}"
+    return (run_dir / "models" / "students" / ".trials"
+            / f"{job.name}-{job.arm}-seed{job.seed}-lr{job.lr:g}{extra}")
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one run in this process, save its checkpoint and history; score test when the run is final."""
+    sh = _SHARED["stage"]
+    st = sh.settings
+    start = time.perf_counter()
+    spec = get_spec(job.name, st["model_overrides"])
+    model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids)
+    cfg = TrainConfig(max_steps=st["max_steps"], lr=job.lr, batch_size=st["batch_size"], seed=job.seed,
+                      eval_every=st["eval_every"], patience=st["patience"], selection_metric=st["selection_metric"],
+                      class_weighted=st["class_weighted"], device=st["device"], precision=st["precision"])
+    data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
+    result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
+                   teacher_model=sh.online_teacher)
+    out = save_model(result.model, job_folder(sh.run_dir, job), spec)
+    history = result.history
+    history.insert(0, "seed", job.seed)
+    history.insert(0, "mode", job.arm)
+    history.insert(0, "model", job.name)
+    write_csv(out / "history.csv", history)
+    scored = job.final or job.transfer_n is not None  # final runs and transfer-curve points (reported only)
+    test = (predict_logits(result.model, sh.encoded["test"], device=st["device"], precision=st["precision"])
+            if scored else None)
+    return {"job": job, "path": out, "val_logits": result.val_logits, "test_logits": test,
+            "entry": index_entry(job.name, "student", job.arm, job.seed, out, sh.run_dir, result.model),
+            "val_metric": classification_metrics(result.val_logits, sh.labels["val"])[st["selection_metric"]],
+            "val_accuracy": classification_metrics(result.val_logits, sh.labels["val"])["accuracy"],
+            "row": {"model": job.name, "mode": job.arm, "seed": job.seed, "lr": job.lr,
+                    "precision": st["precision"], "steps": result.steps, "best_step": result.best_step,
+                    "stopped_early": result.stopped_early, "train_examples": result.train_examples,
+                    "train_seconds": round(result.train_seconds, 3), "eval_seconds": round(result.eval_seconds, 3),
+                    "seconds": round(time.perf_counter() - start, 2), "batch_digest": result.batch_digest,
+                    "did_not_learn": _did_not_learn(result.val_logits)}}
+
+
+def _run_jobs(jobs: list[Job], pool, label: str) -> list[dict[str, Any]]:
+    """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left."""
+    out, start = [], time.perf_counter()
+    results = pool.imap(run_job, jobs) if pool is not None else map(run_job, jobs)
+    for k, res in enumerate(results, start=1):
+        out.append(res)
+        r, elapsed = res["row"], time.perf_counter() - start
+        left = elapsed / k * (len(jobs) - k)
+        lr = f"  lr {r['lr']:g}" if not res["job"].final else ""
+        print(f"[{label} {k}/{len(jobs)}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
+              f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
+              f"{' (early stop)' if r['stopped_early'] else ''}  "
+              f"{r['train_examples'] / max(r['train_seconds'], 1e-9):.0f} ex/s  ({r['seconds']:.0f} s)"
+              f"{'  DID NOT LEARN: ' + r['did_not_learn'] if r['did_not_learn'] else ''}", flush=True)
+    return out
+
+
+def select_learning_rates(trials: list[dict[str, Any]], metric: str) -> tuple[dict[str, float], pd.DataFrame]:
+    """Per student: the learning rate with the best mean validation metric over its independent and distilled
+    seed-0 trials (both arms count equally, so the choice favours neither); ties go to the smaller rate."""
+    table = pd.DataFrame([{"model": t["job"].name, "lr": t["job"].lr, "arm": t["job"].arm,
+                           "val_metric": t["val_metric"], "best_step": t["row"]["best_step"],
+                           "steps": t["row"]["steps"]} for t in trials])
+    table["metric"] = metric
+    score = table.groupby(["model", "lr"])["val_metric"].mean()
+    table["mean_val_metric"] = [score[(m, lr)] for m, lr in zip(table["model"], table["lr"])]
+    chosen = {m: float(g.sort_values(["mean_val_metric", "lr"], ascending=[False, True])["lr"].iloc[0])
+              for m, g in table.groupby("model", sort=False)}
+    table["chosen"] = [chosen[m] == lr for m, lr in zip(table["model"], table["lr"])]
+    return chosen, table
+
+
+def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[str], seeds: list[int],
+                      max_steps: int, eval_every: int, patience: int, lr_grid: list[float],
+                      lr_grid_warm: list[float], batch_size: int, alpha: float, temperature: float, max_len: int,
+                      transfer_students: list[str] | None = None, transfer_n: int = 0,
+                      teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
+                      device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
+                      model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
+                      workers: int = 1, threads: int = 2) -> dict[str, Any]:
+    """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
+
+    Args:
+        arms: subset of training.ARMS; `independent` is always trained (every gain is measured against it).
+        transfer_students: students that get the transfer arms ([] or None: all students).
+        transfer_n: transfer-pool cases the transfer arms use (the first n of data/transfer.csv).
+        lr_grid, lr_grid_warm: learning rates tried on the first seed for random-init students and for students
+            that start from teacher layers or pretrained weights; the one with the best mean validation
+            `selection_metric` over the independent and distilled arms is used for every arm and seed of that student.
+        precision: must resolve to the teacher's precision (teacher_metrics.json): one precision per run.
+        workers: training processes run side by side (CPU only), each with threads // workers torch threads; every
+            run is seeded, so the results do not depend on which worker ran it.
+    Every decision (learning rate, best step, early stop, did-not-learn) reads validation data; test logits are
+    computed once per final checkpoint and only reported.
+    """
+    run_dir = Path(run_dir)
+    precision = resolve_precision(precision, device)
+    teacher_precision = teacher_summary(run_dir).get("precision", "fp32")
+    if precision != teacher_precision:
+        raise ValueError(f"parameter precision: the students would train in {precision} but the teacher of "
+                         f"{run_dir} trained in {teacher_precision}; rerun from stage 02 so one precision holds")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"parameter arms: unknown arm(s) {unknown} (known: {', '.join(ARMS)})")
+    arms = ["independent", *[a for a in ARMS[1:] if a in arms]]
+    transfer = data_mod.load_transfer(run_dir)
+    pool_size = 0 if transfer is None else len(transfer)
+    if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or transfer_n == 0):
+        why = ("the run has no transfer pool (pass --transfer PATH for real data)" if pool_size == 0
+               else "transfer_n is 0")
+        print(f"transfer arms skipped: {why}", flush=True)
+        arms = [a for a in arms if a not in TRANSFER_ARMS]
+    n_transfer = min(transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
+    settings = {"max_len": max_len, "device": device, "teacher_mode": teacher_mode, "trim_vocab": trim_vocab,
+                "transfer_n": n_transfer, "model_overrides": model_overrides or {}, "max_steps": max_steps,
+                "batch_size": batch_size, "eval_every": eval_every, "patience": patience,
+                "selection_metric": selection_metric, "class_weighted": class_weighted, "precision": precision,
+                "alpha": alpha, "temperature": temperature}
+    shared = load_shared(run_dir, settings)
+    write_json(run_dir / "models" / "student_settings.json", settings)
+    if n_transfer:
+        print(f"transfer arms on {n_transfer} unlabelled cases ({n_transfer / len(shared.train_set):.1f}x the "
+              f"labelled training set)", flush=True)
+    transfer_students = list(transfer_students or students)
+    specs = {name: get_spec(name, model_overrides) for name in students}
+    grids = {name: (lr_grid if specs[name].init == "random" else lr_grid_warm) for name in students}
+    workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                            initargs=(str(run_dir), settings, max(1, threads // workers)))
+        print(f"{workers} training processes, {max(1, threads // workers)} thread(s) each", flush=True)
+    staging = run_dir / "models" / "students" / ".trials"
+    try:
+        trial_jobs = [Job(n, arm, seeds[0], lr, final=False) for n in students if len(grids[n]) > 1
+                      for lr in grids[n] for arm in ("independent", "distilled")]
+        trials = _run_jobs(trial_jobs, pool, "learning-rate trials") if trial_jobs else []
+        chosen, lr_table = select_learning_rates(trials, selection_metric) if trials else ({}, None)
+        for name in students:
+            chosen.setdefault(name, float(grids[name][0]))
+            if len(grids[name]) > 1:
+                print(f"{name}: learning rate {chosen[name]:g} chosen on validation {selection_metric} (seed "
+                      f"{seeds[0]}, mean of independent and distilled) from {', '.join(f'{g:g}' for g in grids[name])}",
+                      flush=True)
+        reused = {}
+        for t in trials:  # the chosen rate's trials are the seed-0 runs: move them into place, score test once
+            job = t["job"]
+            if job.lr == chosen[job.name]:
+                final = Job(job.name, job.arm, job.seed, job.lr, final=True)
+                target = job_folder(run_dir, final)
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                t["path"].rename(target)
+                model = load_model(target, device)
+                t.update(job=final, path=target, entry=index_entry(job.name, "student", job.arm, job.seed, target,
+                                                                    run_dir, model),
+                         test_logits=predict_logits(model, shared.encoded["test"], device=device,
+                                                    precision=precision))
+                reused[(job.name, job.arm)] = t
+        jobs = [Job(n, arm, seed, chosen[n], final=True) for n in students for seed in seeds for arm in arms
+                if (arm not in TRANSFER_ARMS or n in transfer_students) and (n, arm, seed) not in
+                {(k[0], k[1], seeds[0]) for k in reused}]
+        finals = _run_jobs(jobs, pool, "runs") + list(reused.values())
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        shutil.rmtree(staging, ignore_errors=True)
+
+    order = {(n, a, s): i for i, (n, s, a) in enumerate((n, s, a) for n in students for s in seeds for a in arms)}
+    finals.sort(key=lambda f: order.get((f["job"].name, f["job"].arm, f["job"].seed), len(order)))
+    index = read_index(run_dir)
     entries, metric_frames, pred_frames, runs = [], [], [], []
-    for name in students:
-        spec = get_spec(name, model_overrides)
-        for seed in seeds:
-            for mode in MODES:
-                start = time.perf_counter()
-                model = build_model(spec, teacher=teacher, seed=seed)
-                lr = student_lr if spec.init == "random" else student_lr_warm
-                cfg = TrainConfig(epochs=student_epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                  selection_metric=selection_metric, class_weighted=class_weighted, device=device,
-                                  progress=progress)
-                model, history = train(model, train_set, val_set, cfg, mode=mode, alpha=alpha,
-                                       temperature=temperature, teacher_model=online_teacher)
-                out = save_model(model, run_dir / "models" / "students" / name / mode / f"seed{seed}", spec)
-                history.insert(0, "seed", seed)
-                history.insert(0, "mode", mode)
-                history.insert(0, "model", name)
-                write_csv(out / "history.csv", history)
-                logits = {s: predict_logits(model, encoded[s], device=device) for s in ("val", "test")}
-                entry = index_entry(name, "student", mode, seed, out, run_dir, model)
-                metrics, preds = record(run_dir, entry, logits, labels, t_logits, splits["test"]["id"])
-                seconds = time.perf_counter() - start
-                val = metrics[metrics["split"] == "val"].iloc[0]
-                best = history.loc[history["best"], "epoch"]
-                print(f"{name:<22} {mode:<11} seed {seed}: val acc {val['accuracy']:.3f}  macro-F1 "
-                      f"{val['macro_f1']:.3f}  agreement {val['agreement']:.3f}  best epoch "
-                      f"{int(best.iloc[0]) if len(best) else '-'}  ({seconds:.0f} s)", flush=True)
-                entries.append(entry)
-                metric_frames.append(metrics)
-                pred_frames.append(preds)
-                runs.append({"model": name, "mode": mode, "seed": seed, "seconds": round(seconds, 2),
-                             "best_epoch": int(best.iloc[0]) if len(best) else None})
+    test_ids = load_cases(run_dir)["test"]["id"]
+    for f in finals:
+        metrics, preds = record(run_dir, f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
+                                shared.labels, shared.t_logits, test_ids)
+        entries.append(f["entry"])
+        metric_frames.append(metrics)
+        pred_frames.append(preds)
+        runs.append({**f["row"], "lr": f["job"].lr, "workers": workers})
     metrics, preds = pd.concat(metric_frames, ignore_index=True), pd.concat(pred_frames, ignore_index=True)
     replace_student_rows(run_dir, metrics, preds, students)
     index["students"] = entries
+    index["precision"] = precision
     write_index(run_dir, index)
-    write_csv(run_dir / "models" / "student_runs.csv", pd.DataFrame(runs))
+    runs = pd.DataFrame(runs)
+    write_csv(run_dir / "models" / "student_runs.csv", runs)
+    lr_path = run_dir / "models" / "lr_selection.csv"
+    if lr_table is not None:
+        write_csv(lr_path, lr_table)
+    else:
+        lr_path.unlink(missing_ok=True)
     gain = kd_gain_table(preds.astype({"id": str}), students, teacher_predictions(run_dir),
-                         meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n)
+                         meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n, runs=runs)
     write_csv(run_dir / "models" / "kd_gain.csv", gain)
-    return {"metrics": metrics, "kd_gain": gain, "runs": pd.DataFrame(runs)}
+    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table}
+
+
+def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float], seeds: list[int],
+                   workers: int = 1, threads: int = 2) -> pd.DataFrame:
+    """Accuracy of one student's distilled_transfer arm against the transfer-pool size, in multiples of the labelled
+    training set (0: the distilled arm itself; the stage's own transfer_n is reused, not retrained).
+
+    Runs with the stage's saved settings (learning rate from lr_selection, budget, precision) and the given seeds;
+    each extra point is a trial run whose checkpoint is discarded. Writes models/transfer_curve.csv.
+    The test column is reported only; nothing is chosen from this curve.
+    """
+    run_dir = Path(run_dir)
+    settings = read_json(run_dir / "models" / "student_settings.json")
+    runs = pd.read_csv(run_dir / "models" / "student_runs.csv", keep_default_na=False)
+    mine = runs[runs["model"] == student]
+    if mine.empty or "distilled_transfer" not in set(mine["mode"]):
+        raise ValueError(f"student {student!r} has no distilled_transfer runs in {run_dir}: add it to "
+                         f"transfer_students and rerun stage 03")
+    lr = float(mine["lr"].iloc[0])
+    shared = load_shared(run_dir, settings)
+    n_train = len(shared.train_set)
+    pool = 0 if shared.transfer_set is None else len(shared.transfer_set)
+    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
+    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
+    rows = []
+    for arm, n in (("distilled", 0), ("distilled_transfer", settings["transfer_n"])):
+        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
+        for r in done.itertuples():
+            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
+    jobs = [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
+            for n in sizes if n not in (0, settings["transfer_n"]) for seed in seeds]
+    pool_ = None
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        pool_ = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                             initargs=(str(run_dir), settings, max(1, threads // workers)))
+    try:
+        results = _run_jobs(jobs, pool_, "transfer curve")
+    finally:
+        if pool_ is not None:
+            pool_.close()
+            pool_.join()
+        shutil.rmtree(run_dir / "models" / "students" / ".trials", ignore_errors=True)
+    for res in results:
+        job = res["job"]
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
+                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
+    curve = pd.DataFrame(rows)
+    curve.insert(0, "model", student)
+    curve["multiple_of_train"] = (curve["transfer_n"] / n_train).round(2)
+    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
+    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
+    return curve
+
+
+def runs_summary(run_dir: str | Path) -> pd.DataFrame:
+    """Per student x arm: the learning rate, steps taken, the chosen (best) step, how often training stopped early,
+    how often the chosen step was not the last evaluation (a run still learning at the end would pick the last),
+    throughput inside training steps, and runs that did not learn."""
+    runs = pd.read_csv(Path(run_dir) / "models" / "student_runs.csv", keep_default_na=False)
+    runs["stopped_early"] = runs["stopped_early"].astype(str).str.lower() == "true"
+    runs["chose_last"] = runs["best_step"] >= runs["steps"]
+    g = runs.groupby(["model", "mode"], sort=False)
+    return pd.DataFrame({
+        "seeds": g["seed"].nunique(), "lr": g["lr"].first(), "steps (mean)": g["steps"].mean().round(0),
+        "best step (mean)": g["best_step"].mean().round(0),
+        "best step before the last eval": g["chose_last"].apply(lambda x: f"{int((~x).sum())}/{len(x)}"),
+        "stopped early": g["stopped_early"].apply(lambda x: f"{int(x.sum())}/{len(x)}"),
+        "train ex/s": (g["train_examples"].sum() / g["train_seconds"].sum()).round(0),
+        "train s (sum)": g["train_seconds"].sum().round(0),
+        "did not learn": g["did_not_learn"].apply(lambda x: f"{int((x != '').sum())}/{len(x)}"),
+    }).reset_index()
+
+
+def interval_widths(run_dir: str | Path, metric: str = "accuracy") -> pd.DataFrame:
+    """The half-width of every student x arm's unadjusted 95% interval (the run's resolving power) and its p."""
+    gain = pd.read_csv(Path(run_dir) / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
+    g = gain[gain["metric"] == metric]
+    return g[["model", "arm", "n_seeds", "diff", "ci_low", "ci_high", "ci_half_width", "p_value", "p_adjusted"]] \
+        .reset_index(drop=True)
+
+
+def widths_text(widths: pd.DataFrame) -> str:
+    """'S5 distilled ±0.012, ...': the half-widths of interval_widths() in one line."""
+    return ", ".join(f"{m} {a} ±{w:.3f}" for m, a, w in zip(widths["model"], widths["arm"], widths["ci_half_width"]))
 
 
 def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer"]
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -25,11 +26,16 @@ _INTERVAL = _object({"mean": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NU
 
 MODEL_ENTRY = _object({
     "name": _STR,
-    "mode": {"enum": ["teacher", "independent", "distilled"]},
+    "mode": {"enum": MODES},
     "role": {"enum": ["teacher", "student"]},
     "shape": _STR,
     "params": _INT,
     "non_embedding_params": _INT,
+    "params_full_vocab": _INT,  # the same model with the whole 30,522-row vocabulary (equal when untrimmed)
+    "val_accuracy": _NUM_OR_NULL,  # mean over seeds on validation: what the recommendation reads
+    "training": _object({"lr": _NUM, "steps_mean": _NUM, "best_step_mean": _NUM, "stopped_early": _INT,
+                         "train_seconds": _NUM, "examples_per_second": _NUM_OR_NULL, "did_not_learn": _INT},
+                        nullable=True),
     "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
     "size_mb": _NUM_OR_NULL,
     "latency_ms_b1": _NUM_OR_NULL,
@@ -40,8 +46,10 @@ MODEL_ENTRY = _object({
     "auc": _STAT_OR_NAN,
     "fidelity": _object({"agreement": _STAT, "kl_to_teacher": _STAT}, nullable=True),
     "attribution_cosine": _INTERVAL,
-    "kd_gain": _object({"diff": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "meaningful": {
-        "type": "boolean"}, "verdict": _STR}, nullable=True),
+    "kd_gain": _object({"against": {"const": "independent"}, "diff": _NUM, "ci_low": _NUM_OR_NULL,
+                        "ci_high": _NUM_OR_NULL, "p_value": _NUM_OR_NULL, "p_adjusted": _NUM_OR_NULL,
+                        "n_seeds": _INT, "meaningful": {"type": "boolean"}, "did_not_learn": _STR, "verdict": _STR},
+                       nullable=True),
 })
 
 SCHEMA: dict[str, Any] = {
@@ -53,20 +61,23 @@ SCHEMA: dict[str, Any] = {
         "created": _STR,
         "question": _STR,
         "headline": _STR,
-        "verdicts": {"type": "array", "items": _object({"model": _STR, "text": _STR})},
+        "statistics": _STR,
+        "precision": {"enum": ["fp32", "bf16"]},
+        "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "text": _STR})},
         "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {
             "majority_rate": _NUM,
             "baselines": {"type": "object", "required": ["majority", "tfidf_logreg"]},
             "bayes_accuracy": {"type": "object"}}},
         "teacher": _object({
             "name": _STR, "shape": _STR, "seed": {"type": "integer"}, "params": _INT,
-            "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL, "collapsed": {"type": "boolean"},
+            "val_accuracy": _NUM, "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL, "collapsed": {"type": "boolean"},
             "margin_over_tfidf": _NUM, "margin_over_majority": _NUM, "ceiling_accuracy": _NUM_OR_NULL,
             "attribution_cosine_ceiling": _INTERVAL}),
         "recommendation": _object({
-            "meaningful": {"type": "boolean"}, "model": {"type": ["string", "null"]},
-            "mode": {"enum": ["teacher", "independent", "distilled", None]}, "params": {"type": ["integer", "null"]},
-            "accuracy": _NUM_OR_NULL, "teacher_accuracy": _NUM, "gap": _NUM_OR_NULL,
+            "meaningful": {"type": "boolean"}, "selected_on": {"const": "val"}, "model": {"type": ["string", "null"]},
+            "mode": {"enum": [*MODES, None]}, "params": {"type": ["integer", "null"]},
+            "val_accuracy": _NUM_OR_NULL, "accuracy": _NUM_OR_NULL, "teacher_val_accuracy": _NUM,
+            "teacher_accuracy": _NUM_OR_NULL, "gap": _NUM_OR_NULL,
             "speedup_vs_teacher": _NUM_OR_NULL, "tolerance": {"type": "number", "minimum": 0}, "text": _STR}),
         "models": {"type": "array", "items": MODEL_ENTRY, "minItems": 1},
         "benchmark": _object({"environment": {"type": ["object", "null"]},

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .config import REPO_ROOT, ConfigError, defaults, parse_value, resolve  # noqa: E402
+from .config import ConfigError, defaults, parse_value, resolve  # noqa: E402
+from .run_folder import project_path  # noqa: E402
 from .runner import discover_stages, find_stage, run, seed_run_folder  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def slug(combo: dict[str, Any]) -> str:
 
 def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str | None = None,
           fixed: list[tuple[str, str]] | None = None, data: str | None = None, run_dir: str | None = None,
-          force: bool = False) -> pd.DataFrame:
+          force: bool = False, verbose: bool = False) -> pd.DataFrame:
     """Run the student stage for each combination; write `sweep.csv` and `sweep.png` beside the runs."""
     combos = combinations(grid)
     base = resolve(profile, param_file, fixed, data, run_dir)
@@ -47,9 +48,9 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
                           for c in combos)]
     stages = discover_stages()
     student = find_stage(stages, "03")
-    base_dir = REPO_ROOT / base["run_dir"] if not Path(base["run_dir"]).is_absolute() else Path(base["run_dir"])
+    base_dir = Path(project_path(base["run_dir"]))
     print(f"sweep: {len(combos)} combinations; data and teacher from {base_dir}", flush=True)
-    run(base, until=stages[student - 1].number, force=force)
+    run(base, until=stages[student - 1].number, force=force, verbose=verbose)
     sweep_dir = base_dir.parent / f"{base_dir.name}-sweep"
     rows = []
     for combo, params in zip(combos, resolved):
@@ -57,7 +58,7 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
         params = dict(params, run_dir=str(target))
         seed_run_folder(base_dir, target, stages, student - 1)
         print(f"sweep: {slug(combo)} -> {target}", flush=True)
-        run(params, until=stages[student].number, force=False)
+        run(params, until=stages[student].number, force=False, verbose=verbose)
         gain = pd.read_csv(target / "models" / "kd_gain.csv")
         for _, g in gain.iterrows():
             rows.append({**combo, "model": g["model"], "metric": g["metric"],

@@ -12,11 +12,13 @@ from safetensors.numpy import load_file, save_file
 
 from . import data as data_mod
 from .evaluation import classification_metrics, is_collapsed, softmax
-from .models import build_model, count_params, get_spec, load_model, save_model
+from .models import build_model, count_params, full_vocabulary_params, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, replace_rows, run_path, write_csv, write_index, write_json
-from .training import CaseDataset, TrainConfig, encode, predict_logits, train
+from .progress import Progress
+from .training import CaseDataset, TrainConfig, encode, predict_logits, resolve_precision, train
 
 SPLITS = ("train", "val", "test")
+TRANSFER = "transfer"
 
 
 def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, list[dict[str, list[int]]]]:
@@ -25,13 +27,25 @@ def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, li
 
 
 def data_fingerprint(splits: dict[str, pd.DataFrame], max_len: int) -> str:
-    """Hash of the split ids, texts and labels plus max_len."""
+    """Hash of the split ids, texts and labels (and the transfer pool's ids and texts) plus max_len."""
     h = hashlib.sha256(str(max_len).encode())
-    for name in SPLITS:
+    for name in (*SPLITS, TRANSFER):
+        if name not in splits:
+            continue
         df = splits[name]
         h.update(name.encode())
-        h.update(pd.util.hash_pandas_object(df[["id", "text", "label"]].astype(str), index=False).values.tobytes())
+        cols = [c for c in ("id", "text", "label") if c in df.columns]
+        h.update(pd.util.hash_pandas_object(df[cols].astype(str), index=False).values.tobytes())
     return h.hexdigest()[:16]
+
+
+def load_cases(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The labelled splits plus, when the run has one, the unlabelled transfer pool under "transfer"."""
+    cases = data_mod.load_splits(run_dir)
+    transfer = data_mod.load_transfer(run_dir)
+    if transfer is not None:
+        cases[TRANSFER] = transfer
+    return cases
 
 
 def file_hash(path: str | Path) -> str:
@@ -51,16 +65,18 @@ def logits_key(teacher_dir: str | Path, splits: dict[str, pd.DataFrame], max_len
 
 def cache_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame],
                          encoded: dict[str, list[dict[str, list[int]]]], max_len: int,
-                         device: str = "cpu") -> tuple[Path, dict[str, np.ndarray]]:
-    """Compute the fine-tuned teacher's logits for every split once (or reuse the cache with the same key)."""
+                         device: str = "cpu", precision: str = "fp32") -> tuple[Path, dict[str, np.ndarray]]:
+    """Compute the fine-tuned teacher's logits for every split (and the transfer pool) once, or reuse the cache."""
     teacher_dir = Path(run_dir) / "models" / "teacher"
     key = logits_key(teacher_dir, splits, max_len)
     path = run_path(run_dir, "models", "teacher_logits", f"{key}.safetensors")
     if path.is_file():
         return path, load_file(str(path))
     model = load_model(teacher_dir, device)
-    logits = {name: predict_logits(model, encoded[name], device=device).astype(np.float32) for name in SPLITS}
-    save_file(logits, str(path), metadata={"key": key, "teacher": str(teacher_dir), "max_len": str(max_len)})
+    logits = {name: predict_logits(model, encoded[name], device=device, precision=precision).astype(np.float32)
+              for name in splits}
+    save_file(logits, str(path), metadata={"key": key, "teacher": str(teacher_dir), "max_len": str(max_len),
+                                           "precision": precision})
     return path, logits
 
 
@@ -94,16 +110,22 @@ def index_entry(name: str, role: str, mode: str, seed: int, path: Path, run_dir:
     spec = get_spec(name)
     return {"name": name, "role": role, "mode": mode, "seed": seed,
             "path": str(Path(path).relative_to(run_dir)), "params": total, "non_embedding_params": non_emb,
-            "shape": spec.shape}
+            "params_full_vocab": full_vocabulary_params(model), "shape": spec.shape}
 
 
-def run_teacher_stage(run_dir: str | Path, teacher: str, teacher_epochs: int, teacher_lr: float, teacher_seed: int,
-                      ceiling_seed: int, batch_size: int, max_len: int, class_weighted: bool = False,
-                      selection_metric: str = "macro_f1", device: str = "cpu",
-                      model_overrides: dict[str, str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index."""
+def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int, teacher_lr: float,
+                      teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
+                      class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
+                      precision: str = "auto", model_overrides: dict[str, str] | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
+
+    The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
+    recorded in teacher_metrics.json, and the students of this run train in the same precision.
+    """
     run_dir = Path(run_dir)
-    splits = data_mod.load_splits(run_dir)
+    precision = resolve_precision(precision, device)
+    splits = load_cases(run_dir)
     card = data_mod.load_data_card(run_dir)
     encoded = encode_splits(splits, max_len)
     labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
@@ -114,10 +136,13 @@ def run_teacher_stage(run_dir: str | Path, teacher: str, teacher_epochs: int, te
     for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed, "teacher_ceiling")):
         start = time.perf_counter()
         model = build_model(spec, seed=seed)
-        cfg = TrainConfig(epochs=teacher_epochs, lr=teacher_lr, batch_size=batch_size, seed=seed,
-                          selection_metric=selection_metric, class_weighted=class_weighted, device=device,
-                          progress=progress)
-        model, history = train(model, train_set, val_set, cfg, mode="independent")
+        per_epoch = int(np.ceil(len(train_set) / batch_size))
+        cfg = TrainConfig(max_steps=teacher_epochs * per_epoch, lr=teacher_lr, batch_size=batch_size, seed=seed,
+                          eval_every=per_epoch, patience=0, selection_metric=selection_metric,
+                          class_weighted=class_weighted, device=device, precision=precision,
+                          progress=Progress(teacher_epochs * per_epoch, f"{role} steps") if progress else None)
+        result = train(model, train_set, val_set, cfg, mode="independent")
+        model, history = result.model, result.history
         out = save_model(model, run_dir / "models" / folder, spec)
         history.insert(0, "seed", seed)
         write_csv(out / "history.csv", history)
@@ -125,25 +150,31 @@ def run_teacher_stage(run_dir: str | Path, teacher: str, teacher_epochs: int, te
         histories[role] = history
         entries[role] = index_entry(teacher, "teacher", "teacher" if role == "teacher" else "ceiling", seed, out,
                                     run_dir, model)
-        print(f"{role} ({teacher}, seed {seed}): trained in {timings[role]:.0f} s, best epoch "
-              f"{int(history.loc[history['best'], 'epoch'].iloc[0]) if history['best'].any() else '-'}")
-    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device)
+        print(f"{role} ({teacher}, seed {seed}): trained in {timings[role]:.0f} s ({result.train_examples} examples, "
+              f"{result.train_examples / result.train_seconds:.0f}/s in training steps, {precision}), best epoch "
+              f"{result.best_step // per_epoch} of {teacher_epochs} (chosen on validation {selection_metric})",
+              flush=True)
+    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision)
     ceiling_model = load_model(run_dir / "models" / "teacher_ceiling", device)
-    c_logits = {s: predict_logits(ceiling_model, encoded[s], device=device) for s in ("val", "test")}
+    c_logits = {s: predict_logits(ceiling_model, encoded[s], device=device, precision=precision)
+                for s in ("val", "test")}
     metrics, preds = record(run_dir, entries["teacher"], t_logits, labels, None, splits["test"]["id"])
     c_metrics, c_preds = record(run_dir, entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
     t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()
     t_val = metrics[metrics["split"] == "val"].iloc[0].to_dict()
     base = card["baselines"]
-    collapsed = is_collapsed(t_test, base["majority"]["test"]["accuracy"])
+    # The collapse gate reads validation: a teacher no better than the majority class there is not distilled from.
+    collapsed = is_collapsed(t_val, base["majority"]["val"]["accuracy"])
     summary = {
         "teacher": entries["teacher"], "ceiling": entries["ceiling"],
         "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "positive_rate")},
         "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "positive_rate")},
         "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
             ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
-        "collapsed": collapsed,
+        "collapsed": collapsed, "collapse_gate_split": "val",
+        "precision": precision,
         "majority_rate": card["majority_rate"],
+        "majority_val_accuracy": base["majority"]["val"]["accuracy"],
         "majority_test_accuracy": base["majority"]["test"]["accuracy"],
         "tfidf_test_accuracy": base["tfidf_logreg"]["test"]["accuracy"],
         "margin_over_tfidf": t_test["accuracy"] - base["tfidf_logreg"]["test"]["accuracy"],
@@ -158,9 +189,9 @@ def run_teacher_stage(run_dir: str | Path, teacher: str, teacher_epochs: int, te
     write_index(run_dir, {"teacher": entries["teacher"], "teacher_ceiling": entries["ceiling"],
                           "teacher_collapsed": collapsed, "students": []})
     if collapsed:
-        print(f"WARNING: the teacher collapsed: test accuracy {t_test['accuracy']:.3f} does not beat the majority "
-              f"class ({base['majority']['test']['accuracy']:.3f}) or it predicts one class only "
-              f"(positive rate {t_test['positive_rate']:.2f}). Distillation comparisons will be marked not meaningful.")
+        print(f"WARNING: the teacher collapsed: validation accuracy {t_val['accuracy']:.3f} does not beat the "
+              f"majority class ({base['majority']['val']['accuracy']:.3f}) or it predicts one class only "
+              f"(positive rate {t_val['positive_rate']:.2f}). Distillation comparisons will be marked not meaningful.")
     return {"summary": summary, "metrics": all_metrics, "history": pd.concat(histories.values(), keys=histories.keys(),
                                                                              names=["role", None]).reset_index(0)}
 

@@ -1,38 +1,102 @@
-"""Fine-tuning with the transformers Trainer: cross-entropy, and a DistillationTrainer for the KD loss."""
+"""Training and scoring: one loop for every arm (cross-entropy, KD, transfer), to a step budget with early stopping.
+
+The loop is plain PyTorch rather than the transformers Trainer: for the small students the Trainer's per-step
+bookkeeping cost more than a step of the 2x192 model, and the experiment needs things it does not give directly
+(a step budget shared by every arm, evaluation every N steps with patience, the validation logits of the best step,
+time spent inside training steps only, and a digest of the batch order to prove two arms saw the same batches).
+"""
 from __future__ import annotations
 
-import copy
-import tempfile
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from .evaluation import classification_metrics
 from .tokenization import get_tokenizer
 
+ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer")
+TRANSFER_ARMS = ("distilled_transfer", "pseudo_label_transfer")
+PRECISIONS = ("auto", "fp32", "bf16")
 
+
+# ---------------------------------------------------------------- precision
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU executes bf16 matrix work natively (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    try:  # other platforms: ask oneDNN
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not flags
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """`auto` -> `bf16` where the hardware runs bf16 natively (CUDA with bf16, AVX-512 BF16/AMX CPUs), else `fp32`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str, device: str | torch.device = "cpu"):
+    """bf16 autocast for `precision == 'bf16'` (weights stay fp32: mixed precision), else a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------- loss
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      alpha: float, temperature: float,
-                      class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      alpha: float, temperature: float, class_weights: torch.Tensor | None = None,
+                      labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) (batch mean) + (1 - alpha) * CE(student, labels).
 
     The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes
     (the gradient of the KL term shrinks as 1/T^2), so alpha means the same thing at every temperature.
+    `labelled` (bool [n]) marks cases with a label: unlabelled transfer cases contribute the KL term alone
+    (their CE term is zero), and both terms are still averaged over the whole batch.
     """
-    ce = F.cross_entropy(student_logits, labels, weight=class_weights)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.detach().float()
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl_rows = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    kl = kl_rows.mean()
+    if labelled is None or bool(labelled.all()):
+        ce = F.cross_entropy(student_logits, labels, weight=class_weights)
+    elif not bool(labelled.any()):
+        ce = student_logits.new_zeros(())
+    else:
+        ce_rows = F.cross_entropy(student_logits, labels.clamp(min=0), weight=class_weights, reduction="none")
+        ce = (ce_rows * labelled.float()).sum() / len(labels)
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
     return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 
 
+def class_weights_for(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse-frequency class weights n / (K * n_c)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=num_labels).astype(float)
+    return torch.tensor(counts.sum() / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- data
 def encode(texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
     """Tokenise once (truncation at max_len, no padding); batches are padded by `collate`."""
     enc = get_tokenizer()(list(texts), truncation=True, max_length=max_len, padding=False)
@@ -40,25 +104,34 @@ def encode(texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
 
 
 class CaseDataset(Dataset):
-    """Pre-tokenised cases with labels and, optionally, cached teacher logits."""
+    """Pre-tokenised cases with labels (-1 = unlabelled) and, optionally, cached teacher logits."""
 
     def __init__(self, encodings: list[dict[str, list[int]]], labels: np.ndarray,
                  teacher_logits: np.ndarray | None = None):
         if teacher_logits is not None and len(teacher_logits) != len(encodings):
             raise ValueError(f"{len(teacher_logits)} teacher logits for {len(encodings)} cases: stale logits cache?")
+        if len(labels) != len(encodings):
+            raise ValueError(f"{len(labels)} labels for {len(encodings)} cases")
         self.encodings, self.labels, self.teacher_logits = encodings, np.asarray(labels), teacher_logits
 
     def __len__(self) -> int:
         return len(self.encodings)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict:
         item = dict(self.encodings[i], labels=int(self.labels[i]))
         if self.teacher_logits is not None:
             item["teacher_logits"] = self.teacher_logits[i]
         return item
 
+    def concat(self, other: CaseDataset) -> CaseDataset:
+        """This dataset followed by `other` (both with or both without teacher logits)."""
+        if (self.teacher_logits is None) != (other.teacher_logits is None):
+            raise ValueError("cannot join a dataset with teacher logits to one without")
+        logits = None if self.teacher_logits is None else np.concatenate([self.teacher_logits, other.teacher_logits])
+        return CaseDataset(self.encodings + other.encodings, np.concatenate([self.labels, other.labels]), logits)
 
-def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+
+def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest case ([PAD] = 0) and stack labels and teacher logits."""
     width = max(len(b["input_ids"]) for b in batch)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -75,175 +148,177 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-class CrossEntropyTrainer(Trainer):
-    """Trainer with (optionally class-weighted) cross-entropy on the labels: the independent mode."""
-
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.class_weights = class_weights
-        self.loss_parts: list[dict[str, float]] = []
-
-    def _weights(self, logits: torch.Tensor) -> torch.Tensor | None:
-        return None if self.class_weights is None else self.class_weights.to(logits.device)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        inputs.pop("teacher_logits", None)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss = F.cross_entropy(outputs.logits, labels, weight=self._weights(outputs.logits))
-        if model.training:
-            self.loss_parts.append({"ce": float(loss.detach()), "kl": float("nan")})
-        return (loss, outputs) if return_outputs else loss
+def batch_order(n: int, batch_size: int, max_steps: int, seed: int) -> list[np.ndarray]:
+    """Indices of each training batch: a fresh seeded permutation per pass, until `max_steps` batches."""
+    gen = np.random.Generator(np.random.PCG64(seed))
+    batches: list[np.ndarray] = []
+    while len(batches) < max_steps:
+        perm = gen.permutation(n)
+        batches.extend(perm[i:i + batch_size] for i in range(0, n, batch_size))
+    return batches[:max_steps]
 
 
-class DistillationTrainer(CrossEntropyTrainer):
-    """Trainer with the KD loss; teacher logits come from the batch (cached) or a teacher forward (online)."""
-
-    def __init__(self, *args, alpha: float, temperature: float, teacher_model: PreTrainedModel | None = None,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha, self.temperature, self.teacher_model = alpha, temperature, teacher_model
-        if teacher_model is not None:
-            self.teacher_model.to(self.args.device).eval()
-
-    def teacher_logits_for(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cached logits from the batch, or the teacher's forward pass when running online."""
-        if self.teacher_model is not None:
-            with torch.no_grad():
-                return self.teacher_model(input_ids=inputs["input_ids"],
-                                          attention_mask=inputs["attention_mask"]).logits
-        if "teacher_logits" not in inputs:
-            raise ValueError("distilled mode without teacher logits in the batch and without an online teacher")
-        return inputs["teacher_logits"]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        teacher_logits = self.teacher_logits_for(inputs)
-        inputs.pop("teacher_logits", None)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss, parts = distillation_loss(outputs.logits, teacher_logits.to(outputs.logits.device), labels,
-                                        self.alpha, self.temperature, self._weights(outputs.logits))
-        if model.training:
-            self.loss_parts.append(parts)
-        return (loss, outputs) if return_outputs else loss
+# ---------------------------------------------------------------- scoring
+@torch.no_grad()
+def predict_logits(model: PreTrainedModel, encodings: list[dict[str, list[int]]], batch_size: int = 64,
+                   device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
+    """Logits [n, K] for pre-tokenised cases, in input order; batches are formed by length (less padding)."""
+    model.eval().to(device)
+    order = np.argsort([len(e["input_ids"]) for e in encodings], kind="stable")
+    out = np.zeros((len(encodings), model.config.num_labels), dtype=np.float32)
+    with autocast(precision, device):
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = collate([encodings[i] for i in rows])
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            out[rows] = logits.float().cpu().numpy()
+    return out
 
 
-class KeepBestCallback(TrainerCallback):
-    """Keep the weights of the epoch with the best validation metric in memory; restore them at the end."""
-
-    def __init__(self, metric: str):
-        self.metric, self.best, self.best_state, self.best_epoch = f"eval_{metric}", -np.inf, None, None
-
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric, np.nan)
-        if np.isfinite(value) and value > self.best:
-            self.best, self.best_epoch = value, state.epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-
-
+# ---------------------------------------------------------------- the loop
 @dataclass
 class TrainConfig:
-    """Everything the two modes share: identical data, seed, epochs, learning rate, batch size and order."""
+    """What every arm of a student shares: data order, seed, step budget, learning rate, batch size, precision."""
 
-    epochs: int
+    max_steps: int
     lr: float
     batch_size: int
     seed: int
+    eval_every: int = 25  # optimizer steps between validation evaluations
+    patience: int = 4  # evaluations without improvement before stopping (0: never); never before max_steps // 4
     selection_metric: str = "macro_f1"
     class_weighted: bool = False
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (resolve `auto` first with resolve_precision)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    progress: bool = True
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False)
 
 
-def class_weights_for(labels: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency class weights n / (2 * n_c)."""
-    counts = np.bincount(np.asarray(labels), minlength=2).astype(float)
-    return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+@dataclass
+class TrainResult:
+    """A trained model restored to its best evaluation, with its history and cost."""
+
+    model: PreTrainedModel
+    history: pd.DataFrame  # one row per evaluation: step, epoch, train_loss, train_ce, train_kl, val_*, best
+    best_step: int
+    steps: int  # optimizer steps taken (fewer than max_steps when stopped early)
+    train_examples: int  # examples processed by training steps
+    train_seconds: float  # time inside training steps (forward, backward, optimizer), evaluations excluded
+    eval_seconds: float
+    stopped_early: bool
+    val_logits: np.ndarray  # validation logits at the best step (scored once, during training)
+    batch_digest: str  # sha256 of the batch order: equal for arms that saw the same batches
 
 
-def _compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    m = classification_metrics(np.asarray(logits), np.asarray(labels))
-    return {k: m[k] for k in ("accuracy", "macro_f1", "roc_auc")}
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def _arm_loss(mode: str, logits: torch.Tensor, batch: dict[str, torch.Tensor], alpha: float, temperature: float,
+              weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    labels = batch["labels"]
+    if mode == "independent":
+        loss = F.cross_entropy(logits.float(), labels, weight=weights)
+        return loss, {"ce": float(loss.detach()), "kl": float("nan")}
+    if mode == "pseudo_label_transfer":  # unlabelled cases take the teacher's hard label
+        labelled = labels >= 0
+        targets = torch.where(labelled, labels, batch["teacher_logits"].argmax(-1))
+        loss = F.cross_entropy(logits.float(), targets, weight=weights)
+        return loss, {"ce": float(loss.detach()), "kl": float("nan")}
+    return distillation_loss(logits, batch["teacher_logits"], labels, alpha, temperature, weights,
+                             labelled=labels >= 0)
 
 
 def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, cfg: TrainConfig,
-          mode: str = "independent", alpha: float = 0.5, temperature: float = 4.0,
-          teacher_model: PreTrainedModel | None = None) -> tuple[PreTrainedModel, pd.DataFrame]:
-    """Train `model` in `mode` (independent | distilled); return it at its best epoch and the per-epoch history."""
-    if mode not in ("independent", "distilled"):
-        raise ValueError(f"mode {mode!r}: expected independent or distilled")
-    set_seed(cfg.seed)
-    steps_per_epoch = int(np.ceil(len(train_set) / cfg.batch_size))
-    with tempfile.TemporaryDirectory(prefix="dj-trainer-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
-            per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
-            weight_decay=cfg.weight_decay, warmup_steps=int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
-            lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
-            report_to="none", seed=cfg.seed, data_seed=cfg.seed, use_cpu=cfg.device == "cpu",
-            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not cfg.progress,
-            label_names=["labels"],
-        )
-        keep = KeepBestCallback(cfg.selection_metric)
-        common = dict(model=model, args=args, train_dataset=train_set, eval_dataset=val_set, data_collator=collate,
-                      compute_metrics=_compute_metrics, callbacks=[keep],
-                      class_weights=class_weights_for(train_set.labels) if cfg.class_weighted else None)
-        if mode == "distilled":
-            trainer = DistillationTrainer(alpha=alpha, temperature=temperature, teacher_model=teacher_model, **common)
-        else:
-            trainer = CrossEntropyTrainer(**common)
-        if not cfg.progress:  # the caller prints one line per run instead of the Trainer's log dicts
-            trainer.remove_callback(PrinterCallback)
-        trainer.train()
-        history = _history(trainer, steps_per_epoch, keep.best_epoch)
-    model.eval()
-    return model, history
+          mode: str = "independent", *, alpha: float = 0.5, temperature: float = 4.0,
+          teacher_model: PreTrainedModel | None = None) -> TrainResult:
+    """Train `model` in `mode` (an arm of ARMS) for at most cfg.max_steps; restore the best evaluation's weights.
 
+    Every arm draws its batches from `train_set` in the same seeded order, so independent and distilled runs of a
+    student see identical batches; the transfer arms get a train_set that also holds unlabelled cases (label -1).
+    Distilled arms read teacher logits from the batch (cached) or from `teacher_model` (online).
+    """
+    if mode not in ARMS:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(ARMS)}")
+    if mode != "independent" and train_set.teacher_logits is None and teacher_model is None:
+        raise ValueError(f"mode {mode!r} needs teacher logits in the dataset or an online teacher")
+    if mode == "independent" and (train_set.labels < 0).any():
+        raise ValueError("the independent arm trains on labelled cases only")
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    if teacher_model is not None:
+        teacher_model.to(device).eval()
+    num_labels = model.config.num_labels
+    weights = class_weights_for(train_set.labels, num_labels).to(device) if cfg.class_weighted else None
+    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
+    batches = batch_order(len(train_set), cfg.batch_size, cfg.max_steps, cfg.seed)
+    digest = hashlib.sha256(np.concatenate(batches).astype(np.int64).tobytes()).hexdigest()[:16]
+    steps_per_pass = int(np.ceil(len(train_set) / cfg.batch_size))
 
-def _history(trainer: CrossEntropyTrainer, steps_per_epoch: int, best_epoch: float | None) -> pd.DataFrame:
-    rows: dict[int, dict[str, float]] = {}
-    for rec in trainer.state.log_history:
-        if "epoch" not in rec:
+    best = {"value": -np.inf, "state": None, "step": 0, "logits": None}
+    rows, parts, waited = [], [], 0
+    train_seconds = eval_seconds = 0.0
+    examples, step, stopped = 0, 0, False
+    for step, rows_idx in enumerate(batches, start=1):
+        t0 = time.perf_counter()
+        batch = collate([train_set[int(i)] for i in rows_idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if teacher_model is not None and mode != "independent":
+            with torch.no_grad(), autocast(cfg.precision, device):
+                batch["teacher_logits"] = teacher_model(input_ids=batch["input_ids"],
+                                                        attention_mask=batch["attention_mask"]).logits.float()
+        with autocast(cfg.precision, device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - t0
+        examples += len(rows_idx)
+        parts.append({**part, "loss": float(loss.detach())})
+        if cfg.progress is not None:
+            cfg.progress(step, cfg.max_steps)
+        if step % cfg.eval_every and step != cfg.max_steps:
             continue
-        row = rows.setdefault(int(round(rec["epoch"])), {"epoch": int(round(rec["epoch"]))})
-        if "loss" in rec:
-            row["train_loss"] = rec["loss"]
-        for k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_roc_auc"):
-            if k in rec:
-                row[k.replace("eval_", "val_")] = rec[k]
-    parts = pd.DataFrame(trainer.loss_parts)
-    for epoch, row in rows.items():
-        chunk = parts.iloc[(epoch - 1) * steps_per_epoch: epoch * steps_per_epoch]
-        row["train_ce"] = float(chunk["ce"].mean()) if len(chunk) else np.nan
-        row["train_kl"] = float(chunk["kl"].mean()) if len(chunk) else np.nan
-    hist = pd.DataFrame([rows[k] for k in sorted(rows)])
-    hist["best"] = hist["epoch"] == (int(round(best_epoch)) if best_epoch is not None else -1)
-    return hist
-
-
-@torch.no_grad()
-def predict_logits(model: PreTrainedModel, encodings: list[dict[str, list[int]]], batch_size: int = 64,
-                   device: str | torch.device = "cpu") -> np.ndarray:
-    """Logits [n, 2] for pre-tokenised cases, in order, in eval mode."""
-    model.eval().to(device)
-    out = []
-    for start in range(0, len(encodings), batch_size):
-        batch = collate(encodings[start:start + batch_size])
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        out.append(logits.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
-
-
-def clone_model(model: PreTrainedModel) -> PreTrainedModel:
-    """A deep copy (used to keep a teacher for online distillation independent of later changes)."""
-    return copy.deepcopy(model)
+        t1 = time.perf_counter()
+        val_logits = predict_logits(model, val_set.encodings, device=device, precision=cfg.precision)
+        model.train()
+        m = classification_metrics(val_logits, val_set.labels)
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.tensor(val_set.labels, dtype=torch.long)))
+        chunk = pd.DataFrame(parts)
+        rows.append({"step": step, "epoch": round(step / steps_per_pass, 3), "train_loss": chunk["loss"].mean(),
+                     "train_ce": chunk["ce"].mean(), "train_kl": chunk["kl"].mean(), "val_loss": val_loss,
+                     **{f"val_{k}": m[k] for k in ("accuracy", "macro_f1", "roc_auc")}})
+        parts = []
+        value = m[cfg.selection_metric]
+        if np.isfinite(value) and value > best["value"] + 1e-12:
+            best = {"value": value, "step": step, "logits": val_logits,
+                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+            waited = 0
+        else:
+            waited += 1
+        eval_seconds += time.perf_counter() - t1
+        if cfg.patience and waited >= cfg.patience and step >= cfg.max_steps // 4:
+            stopped = step < cfg.max_steps
+            break
+    if best["state"] is None:  # every evaluation gave NaN: keep the last weights
+        best = {"step": step, "logits": predict_logits(model, val_set.encodings, device=device,
+                                                       precision=cfg.precision), "state": None}
+    else:
+        model.load_state_dict(best["state"])
+    model.eval()
+    history = pd.DataFrame(rows)
+    history["best"] = history["step"] == best["step"] if len(history) else []
+    return TrainResult(model=model, history=history, best_step=int(best["step"]), steps=step,
+                       train_examples=examples, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                       stopped_early=stopped, val_logits=best["logits"], batch_digest=digest)

@@ -14,7 +14,7 @@ from . import data as data_mod
 from .evaluation import softmax
 from .run_folder import read_index
 from .run_folder import save_figure as _save
-from .teacher import load_teacher_logits, teacher_summary
+from .teacher import load_cases, load_teacher_logits, teacher_summary
 
 
 def _histories(run_dir: Path, entries: list[dict]) -> pd.DataFrame:
@@ -93,45 +93,60 @@ def plot_baselines(run_dir: str | Path) -> Figure:
 
 
 def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Figure:
-    """Validation metric per epoch, one panel per student, independent vs distilled (mean and band over seeds)."""
+    """Validation metric per evaluation step, one panel per student, one line per arm (mean and band over seeds).
+
+    Runs stop early at different steps, so later points average fewer seeds; the markers on the x axis are the
+    chosen (best) steps of every run.
+    """
     run_dir = Path(run_dir)
     idx = read_index(run_dir)
     h = _histories(run_dir, idx["students"])
     names = list(dict.fromkeys(h["model"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.3), sharey=True, squeeze=False)
+    arms = list(dict.fromkeys(h["mode"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.5), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
-        sns.lineplot(data=h[h["model"] == name], x="epoch", y=metric, hue="mode", marker="o", ax=ax,
-                     hue_order=["independent", "distilled"], errorbar="sd")
+        sub = h[h["model"] == name]
+        sns.lineplot(data=sub, x="step", y=metric, hue="mode", ax=ax, hue_order=arms, errorbar="sd")
+        best = sub[sub["best"].astype(bool)]
+        ax.plot(best["step"], np.full(len(best), ax.get_ylim()[0]), "|", color="black", ms=10, alpha=0.6)
         ax.set_title(name, fontsize=9)
-        ax.set_xticks(sorted(h["epoch"].unique()))
         ax.axhline(teacher_summary(run_dir)["val"]["accuracy"] if metric == "val_accuracy" else np.nan,
                    color="black", ls="--", lw=1)
     for ax in axes[0][1:]:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
+    if axes[0][0].get_legend() is not None:
+        sns.move_legend(axes[0][0], "lower right", fontsize=7, title=None)
     axes[0][0].set_ylabel(f"{metric.replace('_', ' ')} (dashed: teacher)")
-    fig.suptitle("Students per epoch: independent vs distilled (band: ± 1 sd over seeds)")
+    fig.suptitle("Students per optimizer step, every arm (band: ± 1 sd over seeds; ticks: each run's chosen step)")
     return _save(fig, run_dir, "03_student_curves.png")
 
 
 def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "macro_f1", "agreement")) -> Figure:
-    """Paired difference distilled - independent per student with its 95% bootstrap interval."""
+    """Paired difference arm - independent per student and arm with its unadjusted 95% interval.
+
+    Green / red: the interval excludes zero and the Holm-adjusted p is below 0.05; hollow: the run did not learn.
+    """
     run_dir = Path(run_dir)
-    gain = pd.read_csv(run_dir / "models" / "kd_gain.csv")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 0.5 * gain["model"].nunique() + 1.8),
+    gain = pd.read_csv(run_dir / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
+    gain["did_not_learn"] = gain["did_not_learn"].fillna("")
+    n_rows = gain[["model", "arm"]].drop_duplicates().shape[0]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.42 * n_rows + 1.9),
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         g = gain[gain["metric"] == metric].reset_index(drop=True)
         y = np.arange(len(g))
         err = np.vstack([g["diff"] - g["ci_low"], g["ci_high"] - g["diff"]])
-        colors = ["tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:grey"
-                  for lo, hi in zip(g["ci_low"], g["ci_high"])]
-        for i, color in enumerate(colors):
-            ax.errorbar(g["diff"][i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=4)
+        for i, r in g.iterrows():
+            sig = np.isfinite(r["p_adjusted"]) and r["p_adjusted"] < 0.05
+            color = ("tab:green" if r["ci_low"] > 0 and sig else "tab:red" if r["ci_high"] < 0 and sig
+                     else "tab:grey")
+            ax.errorbar(r["diff"], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=4,
+                        mfc="white" if r["did_not_learn"] else color)
         ax.axvline(0, color="black", lw=1)
-        ax.set_yticks(y, g["model"])
-        ax.set_title(f"{metric}: distilled − independent")
-        ax.set_xlabel("difference (95% CI)")
+        ax.set_yticks(y, [f"{m} · {a}" for m, a in zip(g["model"], g["arm"])], fontsize=8)
+        ax.set_title(f"{metric}: arm − independent")
+        ax.set_xlabel("difference (unadjusted 95% CI)")
     if not gain.empty and not bool(gain["meaningful"].iloc[0]):
         fig.suptitle("Teacher collapsed: these differences are NOT meaningful", color="red")
     return _save(fig, run_dir, "03_kd_gain.png")
@@ -140,7 +155,7 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
 def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataFrame:
     """A few test cases spanning the teacher's confidence, with their teacher logits."""
     run_dir = Path(run_dir)
-    splits = data_mod.load_splits(run_dir)
+    splits = load_cases(run_dir)
     logits = load_teacher_logits(run_dir, splits, max_len)["test"]
     test = splits["test"].assign(logit_0=logits[:, 0], logit_1=logits[:, 1],
                                  p_teacher=softmax(logits)[:, 1])
@@ -194,3 +209,33 @@ def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: fl
         ax.set_ylabel("loss")
     fig.suptitle(f"Case {c['id']}: the minimum of CE is at the label, the KD term's at the teacher's belief")
     return _save(fig, run_dir, "03_losses.png")
+
+
+def teacher_confidence_table(run_dir: str | Path, max_len: int, temperatures=(1, 4)) -> pd.DataFrame:
+    """How soft the teacher's targets are per split: mean probability of its top class at each temperature.
+
+    On its own training cases a fine-tuned teacher is nearly one-hot (it has fitted them); on cases it never saw
+    (validation, the transfer pool) its targets carry more than the label: that is what the transfer arms use.
+    """
+    cases = load_cases(run_dir)
+    logits = load_teacher_logits(run_dir, cases, max_len)
+    rows = []
+    for split, z in logits.items():
+        row = {"split": split, "cases": len(z)}
+        for t in temperatures:
+            row[f"mean top-class prob, T={t:g}"] = float(softmax(z, t).max(axis=1).mean())
+        row["share with top prob > 0.95 (T=1)"] = float((softmax(z).max(axis=1) > 0.95).mean())
+        rows.append(row)
+    return pd.DataFrame(rows).round(3)
+
+
+def plot_transfer_curve(run_dir: str | Path) -> Figure:
+    """Validation and test accuracy of one student's distilled_transfer arm against the transfer-pool size."""
+    run_dir = Path(run_dir)
+    curve = pd.read_csv(run_dir / "models" / "transfer_curve.csv")
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    sns.lineplot(data=curve, x="multiple_of_train", y="accuracy", hue="split", marker="o", errorbar="sd", ax=ax)
+    ax.set_xlabel("transfer cases, as a multiple of the labelled training set (0: distilled arm)")
+    ax.set_ylabel("accuracy (mean ± 1 sd over seeds)")
+    ax.set_title(f"{curve['model'].iloc[0]}: more unlabelled cases labelled by the teacher", fontsize=10)
+    return _save(fig, run_dir, "03_transfer_curve.png")

@@ -35,7 +35,10 @@ def test_overrides_are_typed():
     ("temperature", "0", "temperature"), ("temperature", "-1", "temperature"), ("alpha", "1.5", "alpha"),
     ("alpha", "-0.1", "alpha"), ("max_len", "600", "max_len"), ("nonsense", "1", "nonsense"),
     ("teacher_mode", "sometimes", "teacher_mode"), ("students", "NoSuchModel", "students"),
-    ("seeds", "[]", "seeds"), ("val_frac", "0.85", "val_frac"),
+    ("seeds", "[]", "seeds"), ("val_frac", "0.85", "val_frac"), ("precision", "fp16", "precision"),
+    ("arms", "distilled", "arms"), ("arms", "independent,chainsaw", "arms"), ("bench_seeds", "9", "bench_seeds"),
+    ("student_lr_grid", "[]", "student_lr_grid"), ("transfer_students", "NoSuchModel", "transfer_students"),
+    ("workers", "0", "workers"), ("test_n", "-5", "test_n"),
 ])
 def test_invalid_values_are_rejected_naming_the_parameter(name, value, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -206,7 +206,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
     card = data.prepare(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64)
     files = {p.name for p in (run_dir / "data").iterdir()}
     assert files == {"raw.csv", "raw_rationales.jsonl", "train.csv", "val.csv", "test.csv", "rationales.jsonl",
-                     "data_card.json"}
+                     "data_card.json", "vocab.json"}
     assert card == data.load_data_card(run_dir)
     keys = {"source", "n_raw", "n_dropped_blank_label", "n_dropped_empty_text", "n_duplicates_removed", "n_train",
             "n_val", "n_test", "majority_rate", "majority_label", "label_rate_by_split", "text_template", "max_len",
@@ -255,3 +255,41 @@ def test_figures_tables_and_examples(tmp_path):
     assert len(examples) == 3 and set(examples["label"]) == {0, 1} and "cues" in examples
     assert data.baselines(splits)["tfidf_logreg"]["val"] == {
         k: pytest.approx(v, abs=1e-4) for k, v in card["baselines"]["tfidf_logreg"]["val"].items()}
+
+
+def test_absolute_split_sizes_and_the_synthetic_transfer_pool(tmp_path):
+    run_dir = tmp_path / "run"
+    card = data.prepare(run_dir, synthetic_n=600, synthetic_seed=3, max_len=48, val_n=120, test_n=300,
+                        synthetic_transfer_n=200)
+    assert abs(card["n_val"] - 120) <= 2 and abs(card["n_test"] - 300) <= 2
+    transfer = data.load_transfer(run_dir)
+    assert card["n_transfer"] == len(transfer) > 150 and list(transfer.columns) == ["id", "text", "issue_area",
+                                                                                   "n_tokens"]
+    assert transfer["id"].str.startswith("T").all() and transfer["id"].is_unique
+    labelled = pd.concat(data.load_splits(run_dir).values())
+    key = lambda t: t.str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()  # noqa: E731
+    assert not set(key(transfer["text"])) & set(key(labelled["text"]))  # no near-duplicate of a labelled case
+    assert "label" not in transfer.columns and "first_party_winner" not in transfer.columns
+    truth = pd.read_csv(run_dir / "data" / "transfer_truth.csv", dtype={"id": str})
+    assert set(truth["id"]) <= set(transfer["id"]) and set(truth["label"]) <= {0, 1}
+    vocab = data.load_vocabulary(run_dir)
+    used = {i for t in list(labelled["text"]) + list(transfer["text"])
+            for i in get_tokenizer()(t, truncation=True, max_length=48)["input_ids"]}
+    assert used <= set(vocab) and {0, 100, 101, 102, 103} <= set(vocab) and card["vocabulary_size"] == len(vocab)
+
+
+def test_transfer_csv_labels_are_ignored_and_sizes_too_large_are_refused(tmp_path):
+    path = write_cases(tmp_path / "c.csv", n_pos=60, n_neg=40)
+    pool = tmp_path / "pool.csv"
+    pd.DataFrame([{"ID": 9000 + i, "first_party": f"Gamma{i}", "second_party": f"Delta{i}",
+                   "facts": f"<p>Pool case {i} about a lease of barley.</p>", "first_party_winner": ""}
+                  for i in range(10)] + [{"ID": 100, "first_party": "Alpha0", "second_party": "Beta0",
+                                          "facts": "<p>Case 0 concerns contract number 0 and a dispute over wheat.</p>",
+                                          "first_party_winner": "TRUE"}]).to_csv(pool, index=False)
+    card = data.prepare(tmp_path / "run", data_path=str(path), transfer_path=str(pool))
+    assert card["n_transfer"] == 10 and card["transfer_source"].endswith("pool.csv")
+    assert card["n_transfer_dropped_overlap"] == 1  # a copy of a labelled case never enters the pool
+    assert not (tmp_path / "run" / "data" / "transfer_truth.csv").exists()
+    with pytest.raises(data.DataError, match="val_n"):
+        data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
+    assert not (tmp_path / "run2" / "data").exists()

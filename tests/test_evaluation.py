@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from helpers.evaluation import (_metric_from_probs, classification_metrics, expected_calibration_error, is_collapsed,
-                                paired_bootstrap, verdict)
+from helpers.evaluation import (_metric_from_probs, classification_metrics, expected_calibration_error, holm,
+                                is_collapsed, kd_gain_table, paired_difference, verdict)
 
 
 def test_fast_metrics_equal_sklearn():
@@ -42,20 +43,83 @@ def test_ece_is_zero_when_confidence_matches_accuracy():
     assert expected_calibration_error(probs, np.zeros(10, dtype=int)) == pytest.approx(0.8)
 
 
-def test_paired_bootstrap_covers_the_truth_and_detects_a_real_gain():
+def _simulated_run(rng, true_gain, n_seeds=5, n_cases=400, seed_sd=0.01):
+    """Per-seed P(label=1) of two arms whose accuracies differ by `true_gain` on average over cases and seeds."""
+    labels = rng.integers(0, 2, n_cases)
+    base = 0.70
+    a, b = [], []
+    for _ in range(n_seeds):
+        shift = rng.normal(0, seed_sd)
+        for acc, out in ((base + shift, a), (base + shift + true_gain + rng.normal(0, seed_sd), b)):
+            right = rng.random(n_cases) < acc
+            out.append(np.where(right == (labels == 1), 0.8, 0.2))
+    return np.array(a), np.array(b), labels
+
+
+def test_paired_difference_interval_reaches_its_coverage():
+    # Fresh test cases and fresh seeds each experiment: the 95% interval must cover the true gain about 95% of
+    # the time (a percentile bootstrap over 5 seeds falls well short of that).
+    rng = np.random.default_rng(7)
+    true_gain, hits, n = 0.03, 0, 200
+    for _ in range(n):
+        a, b, labels = _simulated_run(rng, true_gain)
+        r = paired_difference(a, b, labels, labels, "accuracy")
+        hits += r["ci_low"] <= true_gain <= r["ci_high"]
+    assert 0.90 <= hits / n <= 0.995
+
+
+def test_paired_difference_detects_a_real_gain_and_not_a_null_one():
     rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 300)
-    tpred = labels.copy()
-    good = np.where(labels == 1, 0.8, 0.2)[None, :].repeat(3, 0)
-    noisy = np.where(rng.random((3, 300)) < 0.3, 1 - good, good)
-    gain = paired_bootstrap(noisy, good, labels, tpred, "accuracy", n_boot=300)
-    assert gain["ci_low"] > 0 and gain["ci_low"] <= gain["diff"] <= gain["ci_high"]
-    same = paired_bootstrap(noisy, noisy, labels, tpred, "accuracy", n_boot=100)
-    assert same["diff"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+    a, b, labels = _simulated_run(rng, 0.08, n_cases=1000)
+    gain = paired_difference(a, b, labels, labels, "accuracy")
+    assert gain["ci_low"] > 0 and gain["p_value"] < 0.01
+    assert gain["ci_low"] < gain["diff"] < gain["ci_high"]
+    same = paired_difference(a, a, labels, labels, "accuracy")
+    assert same["diff"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0 and same["p_value"] == 1.0
+    auc = paired_difference(a, b, labels, labels, "roc_auc", n_boot=50)
+    assert np.isfinite(auc["ci_low"]) and auc["ci_low"] < auc["ci_high"]
+
+
+def test_holm_matches_a_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.06
+    np.testing.assert_allclose(holm(p)[:4], [0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(holm(p)[4])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_kd_gain_table_on_hand_made_predictions():
+    ids = [f"c{i}" for i in range(8)]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    rows = []
+    for seed in (0, 1):
+        indep = [0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9]  # 4/8 right
+        dist = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9]  # 6/8 right
+        flat = [0.9] * 8  # one class only
+        for mode, probs in (("independent", indep), ("distilled", dist), ("distilled_transfer", flat)):
+            rows += [{"model": "S", "mode": mode, "seed": seed, "id": i, "label": y, "prob_1": p}
+                     for i, y, p in zip(ids, labels, probs)]
+    preds = pd.DataFrame(rows)
+    teacher = pd.Series(labels, index=ids)
+    runs = pd.DataFrame([{"model": "S", "mode": m, "seed": s,
+                          "did_not_learn": "predicts class 1 for every validation case" if m == "distilled_transfer"
+                          else ""} for m in ("independent", "distilled", "distilled_transfer") for s in (0, 1)])
+    table = kd_gain_table(preds, ["S"], teacher, meaningful=True, n_boot=20, runs=runs)
+    acc = table[table["metric"] == "accuracy"].set_index("arm")
+    assert acc.loc["distilled", "diff"] == pytest.approx(0.25)
+    assert acc.loc["distilled", "independent_mean"] == pytest.approx(0.5)
+    assert acc.loc["distilled", "arm_mean"] == pytest.approx(0.75)
+    assert acc.loc["distilled", "n_seeds"] == 2
+    assert acc.loc["distilled_transfer", "verdict"].startswith("not comparable")
+    assert np.isnan(acc.loc["distilled_transfer", "p_adjusted"])
+    assert acc.loc["distilled", "p_adjusted"] == pytest.approx(acc.loc["distilled", "p_value"])  # one comparison
 
 
 def test_verdict_lines():
     assert verdict(0.01, -0.02, 0.04).startswith("no evidence")
     assert verdict(0.05, 0.01, 0.09).startswith("distillation helped")
     assert verdict(-0.05, -0.09, -0.01).startswith("distillation hurt")
+    assert verdict(0.05, 0.01, 0.09, p_adjusted=0.2).startswith("no evidence after adjusting")
+    assert "Holm-adjusted p = 0.01" in verdict(0.05, 0.01, 0.09, p_adjusted=0.01)
+    assert verdict(0.0, 0.0, 0.0, did_not_learn="S did not learn").startswith("not comparable")
     assert verdict(0.05, 0.01, 0.09, meaningful=False, teacher_name="T").startswith("not meaningful")

@@ -1,4 +1,4 @@
-"""The distillation loss, cached vs online teacher, best-epoch selection and seed reproducibility."""
+"""The distillation loss, the training loop's guarantees (same batches, same start, best step kept), precision."""
 from __future__ import annotations
 
 import math
@@ -9,21 +9,23 @@ import torch
 import torch.nn.functional as F
 
 from helpers.models import REGISTRY, build_model
-from helpers.training import (CaseDataset, DistillationTrainer, TrainConfig, collate, distillation_loss, encode,
-                              predict_logits, train)
+from helpers.training import (ARMS, CaseDataset, TrainConfig, _arm_loss, autocast, batch_order, collate,
+                              distillation_loss, encode, predict_logits, resolve_precision, train)
 
 
-def _hand_kd(s, t, y, alpha, T):
-    """The loss written out with plain Python floats, row by row."""
+def _hand_kd(s, t, y, alpha, T, labelled=None):
+    """The loss written out with plain Python floats, row by row (unlabelled rows: KL only)."""
     total_kl, total_ce = 0.0, 0.0
-    for srow, trow, label in zip(s.tolist(), t.tolist(), y.tolist()):
+    labelled = labelled or [True] * len(y)
+    for srow, trow, label, has in zip(s.tolist(), t.tolist(), y.tolist(), labelled):
         ps = [math.exp(v / T) for v in srow]
         pt = [math.exp(v / T) for v in trow]
         ps = [v / sum(ps) for v in ps]
         pt = [v / sum(pt) for v in pt]
         total_kl += sum(a * math.log(a / b) for a, b in zip(pt, ps))
-        p1 = [math.exp(v) for v in srow]
-        total_ce += -math.log(p1[label] / sum(p1))
+        if has:
+            p1 = [math.exp(v) for v in srow]
+            total_ce += -math.log(p1[label] / sum(p1))
     n = len(y)
     return alpha * T * T * total_kl / n + (1 - alpha) * total_ce / n
 
@@ -38,12 +40,23 @@ def test_loss_matches_hand_computation():
             assert float(loss) == pytest.approx(_hand_kd(s, t, y, alpha, T), rel=1e-5)
 
 
+def test_loss_with_unlabelled_transfer_cases_uses_the_kl_term_alone_for_them():
+    torch.manual_seed(2)
+    s, t = torch.randn(6, 3), torch.randn(6, 3) * 2
+    y = torch.tensor([0, 2, -1, 1, -1, -1])
+    labelled = [bool(v >= 0) for v in y.tolist()]
+    loss, parts = distillation_loss(s, t, y, 0.4, 3.0, labelled=y >= 0)
+    assert float(loss) == pytest.approx(_hand_kd(s, t, y.clamp(min=0), 0.4, 3.0, labelled), rel=1e-5)
+    only_kl, _ = distillation_loss(s, t, torch.full((6,), -1), 0.4, 3.0, labelled=torch.zeros(6, dtype=torch.bool))
+    assert float(only_kl) == pytest.approx(0.4 * 9 * parts["kl"], rel=1e-5)
+
+
 def test_loss_limits_and_temperature_scaling():
     torch.manual_seed(1)
     s, t, y = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 2, (8,))
     ce = F.cross_entropy(s, y)
     assert float(distillation_loss(s, t, y, 0.0, 4.0)[0]) == pytest.approx(float(ce))
-    kl = lambda T: F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+    kl = lambda T: F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,  # noqa: E731
                             reduction="batchmean")
     for T in (1.0, 3.0):
         assert float(distillation_loss(s, t, y, 1.0, T)[0]) == pytest.approx(T * T * float(kl(T)), rel=1e-6)
@@ -51,7 +64,15 @@ def test_loss_limits_and_temperature_scaling():
     assert float(distillation_loss(t, t, y, 1.0, 2.0)[0]) == pytest.approx(0.0, abs=1e-6)
 
 
-def _tiny_data(n=24, max_len=16):
+def test_pseudo_label_arm_takes_the_teachers_hard_label_on_unlabelled_cases():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
+    teacher = torch.tensor([[0.0, 5.0], [5.0, 0.0], [4.0, 0.0]])
+    batch = {"labels": torch.tensor([0, -1, -1]), "teacher_logits": teacher}
+    loss, _ = _arm_loss("pseudo_label_transfer", logits, batch, 0.5, 4.0, None)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, torch.tensor([0, 0, 0]))))
+
+
+def _tiny_data(n=32, max_len=16):
     rng = np.random.default_rng(0)
     words = ["the court", "reversed", "affirmed", "warrant", "petitioner", "statute", "appeal", "state"]
     texts = [" ".join(rng.choice(words, 6)) for _ in range(n)]
@@ -59,45 +80,127 @@ def _tiny_data(n=24, max_len=16):
     return encode(texts, max_len), labels
 
 
-def test_cached_and_online_teacher_give_the_same_loss():
-    enc, labels = _tiny_data()
+def _teacher_logits(enc):
     teacher = build_model(REGISTRY["Smoke_Teacher_2x64"], seed=0).eval()
-    cached = predict_logits(teacher, enc)
-    student = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0).eval()
-    batch = collate([CaseDataset(enc, labels, cached)[i] for i in range(8)])
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(output_dir="/tmp/dj-test", use_cpu=True, report_to="none")
-    kw = dict(model=student, args=args, alpha=0.7, temperature=3.0)
-    loss_cached = DistillationTrainer(**kw).compute_loss(student, batch)
-    loss_online = DistillationTrainer(teacher_model=teacher, **kw).compute_loss(student, batch)
-    assert float(loss_cached.detach()) == pytest.approx(float(loss_online.detach()), abs=1e-5)
+    return teacher, predict_logits(teacher, enc)
 
 
-def _fit(mode, seed):
+def _fit(mode, seed, steps=12, **kw):
     enc, labels = _tiny_data()
-    teacher = build_model(REGISTRY["Smoke_Teacher_2x64"], seed=0).eval()
-    tl = predict_logits(teacher, enc)
+    _, tl = _teacher_logits(enc)
     model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=seed)
-    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, seed=seed, progress=False)
-    model, hist = train(model, CaseDataset(enc, labels, tl), CaseDataset(enc, labels, tl), cfg, mode=mode)
-    return predict_logits(model, enc), hist
+    cfg = TrainConfig(max_steps=steps, lr=1e-3, batch_size=8, seed=seed, eval_every=4, patience=0, **kw)
+    return train(model, CaseDataset(enc, labels, tl), CaseDataset(enc, labels), cfg, mode=mode)
 
 
-def test_same_seed_same_metrics_and_modes_differ_only_in_loss():
-    a, hist_a = _fit("distilled", 3)
-    b, hist_b = _fit("distilled", 3)
-    np.testing.assert_array_equal(a, b)
-    assert hist_a.drop(columns=[]).equals(hist_b)
-    assert hist_a["best"].sum() == 1 and len(hist_a) == 2
-    assert hist_a["train_kl"].notna().all()
-    c, hist_c = _fit("independent", 3)
-    assert hist_c["train_kl"].isna().all()
-    assert not np.array_equal(a, c)
+def test_same_seed_gives_identical_results():
+    a, b = _fit("distilled", 3), _fit("distilled", 3)
+    np.testing.assert_array_equal(a.val_logits, b.val_logits)
+    assert a.history.equals(b.history)
+    assert a.history["train_kl"].notna().all()
 
 
-def test_unknown_mode_is_rejected():
+def test_arms_start_from_identical_weights_and_see_identical_batches(monkeypatch):
+    import helpers.training as training
+
+    seen: dict[str, list] = {"independent": [], "distilled": []}
+    starts: dict[str, dict] = {}
+    real_collate = training.collate
+
+    def spy(batch):
+        out = real_collate(batch)
+        seen[current].append(out["input_ids"].clone())
+        return out
+
+    monkeypatch.setattr(training, "collate", spy)
+    real_train = training.train
+    for current in ("independent", "distilled"):
+        model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=5)
+        starts[current] = {k: v.clone() for k, v in model.state_dict().items()}
+        enc, labels = _tiny_data()
+        _, tl = _teacher_logits(enc)
+        cfg = TrainConfig(max_steps=6, lr=1e-3, batch_size=8, seed=5, eval_every=100, patience=0)
+        result = real_train(model, CaseDataset(enc, labels, tl), CaseDataset(enc[:8], labels[:8]), cfg, mode=current)
+        starts[current + "_digest"] = result.batch_digest
+    for k in starts["independent"]:
+        assert torch.equal(starts["independent"][k], starts["distilled"][k]), k
+    assert starts["independent_digest"] == starts["distilled_digest"]
+    train_batches = [x for x in seen["independent"] if x.shape[0] == 8][:6]
+    assert all(torch.equal(a, b) for a, b in zip(train_batches, [x for x in seen["distilled"] if x.shape[0] == 8][:6]))
+
+
+def test_the_best_evaluation_is_restored_not_the_last():
     enc, labels = _tiny_data()
+    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=1)
+    # a huge learning rate makes later evaluations worse than an early one, so best != last is likely
+    cfg = TrainConfig(max_steps=24, lr=5e-2, batch_size=8, seed=1, eval_every=4, patience=0,
+                      selection_metric="accuracy")
+    r = train(model, CaseDataset(enc, labels), CaseDataset(enc, labels), cfg)
+    best = r.history.loc[r.history["best"]]
+    assert len(best) == 1 and int(best["step"].iloc[0]) == r.best_step
+    assert best["val_accuracy"].iloc[0] == r.history["val_accuracy"].max()
+    # the restored weights reproduce the best step's validation logits
+    np.testing.assert_allclose(predict_logits(r.model, enc), r.val_logits, atol=1e-5)
+
+
+def test_early_stopping_stops_and_records_the_cost():
+    enc, labels = _tiny_data()
+    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0)
+    cfg = TrainConfig(max_steps=200, lr=1e-6, batch_size=8, seed=0, eval_every=5, patience=2)
+    r = train(model, CaseDataset(enc, labels), CaseDataset(enc, labels), cfg)
+    assert r.stopped_early and 50 <= r.steps < 200  # never before max_steps // 4
+    assert r.train_examples == sum(len(b) for b in batch_order(len(enc), 8, r.steps, 0))
+    assert r.train_seconds > 0 and len(r.batch_digest) == 16
+
+
+def test_cached_and_online_teacher_train_identically():
+    enc, labels = _tiny_data()
+    teacher, tl = _teacher_logits(enc)
+    cfg = TrainConfig(max_steps=6, lr=1e-3, batch_size=8, seed=0, eval_every=3, patience=0)
+    cached = train(build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0), CaseDataset(enc, labels, tl),
+                   CaseDataset(enc, labels), cfg, mode="distilled")
+    online = train(build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0), CaseDataset(enc, labels),
+                   CaseDataset(enc, labels), cfg, mode="distilled", teacher_model=teacher)
+    np.testing.assert_allclose(cached.val_logits, online.val_logits, atol=1e-4)
+
+
+def test_unknown_mode_and_misuse_are_rejected():
+    enc, labels = _tiny_data()
+    cfg = TrainConfig(max_steps=2, lr=1e-3, batch_size=8, seed=0)
     with pytest.raises(ValueError, match="mode"):
-        train(build_model(REGISTRY["Smoke_Tiny_1x32"]), CaseDataset(enc, labels), CaseDataset(enc, labels),
-              TrainConfig(epochs=1, lr=1e-3, batch_size=8, seed=0), mode="kd")
+        train(build_model(REGISTRY["Smoke_Tiny_1x32"]), CaseDataset(enc, labels), CaseDataset(enc, labels), cfg,
+              mode="kd")
+    with pytest.raises(ValueError, match="teacher logits"):
+        train(build_model(REGISTRY["Smoke_Tiny_1x32"]), CaseDataset(enc, labels), CaseDataset(enc, labels), cfg,
+              mode="distilled")
+    assert set(ARMS) == {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer"}
+
+
+def test_predict_logits_batches_by_length_but_returns_input_order():
+    enc, _ = _tiny_data(n=20)
+    enc = [dict(e, input_ids=e["input_ids"][: 4 + i % 9], attention_mask=e["attention_mask"][: 4 + i % 9])
+           for i, e in enumerate(enc)]
+    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0).eval()
+    one_by_one = np.concatenate([predict_logits(model, [e], batch_size=1) for e in enc])
+    np.testing.assert_allclose(predict_logits(model, enc, batch_size=7), one_by_one, atol=1e-5)
+
+
+def test_precision_resolution_and_bf16_training():
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16")
+    with autocast("bf16"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    r = _fit("independent", 0, steps=4, precision="bf16")
+    assert np.isfinite(r.val_logits).all()
+
+
+def test_collate_pads_and_stacks():
+    batch = collate([{"input_ids": [101, 5, 102], "attention_mask": [1, 1, 1], "labels": 1,
+                      "teacher_logits": np.array([0.1, 0.2], dtype=np.float32)},
+                     {"input_ids": [101, 102], "attention_mask": [1, 1], "labels": -1,
+                      "teacher_logits": np.array([0.3, 0.4], dtype=np.float32)}])
+    assert batch["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [1, -1] and batch["teacher_logits"].shape == (2, 2)

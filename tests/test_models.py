@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,36 @@ def test_teacher_layers_into_distilbert():
                        teacher.bert.encoder.layer[0].intermediate.dense.weight)
     ids = torch.randint(1000, 2000, (1, 6))
     assert student(input_ids=ids).logits.shape == (1, 2)
+
+
+def test_trimmed_vocabulary_computes_exactly_what_the_full_model_does_and_round_trips(tmp_path):
+    from helpers.models import TrimmedEmbedding, full_vocabulary_params, load_model, save_model, vocabulary_ids
+    from helpers.training import encode, predict_logits
+
+    corpus = encode(["the court reversed the warrant", "petitioner appealed the statute of the state"], 16)
+    keep = vocabulary_ids(corpus)
+    spec = REGISTRY["Smoke_Tiny_1x32"]
+    full, trimmed = build_model(spec, seed=4), build_model(spec, seed=4, keep_ids=keep)
+    assert isinstance(trimmed.get_input_embeddings(), TrimmedEmbedding)
+    assert trimmed.get_input_embeddings().num_embeddings == len(keep) < 100
+    np.testing.assert_array_equal(predict_logits(full, corpus), predict_logits(trimmed, corpus))
+    assert full_vocabulary_params(trimmed) == sum(p.numel() for p in full.parameters())
+    save_model(trimmed, tmp_path / "m", spec)
+    again = load_model(tmp_path / "m")
+    np.testing.assert_array_equal(predict_logits(again, corpus), predict_logits(trimmed, corpus))
+    # unseen text still loads and predicts: unknown wordpieces read the [UNK] row
+    unseen = encode(["zebra quantum xylophone"], 16)
+    assert not set(unseen[0]["input_ids"][1:-1]) & set(keep)
+    as_unk = [dict(unseen[0], input_ids=[101] + [100] * (len(unseen[0]["input_ids"]) - 2) + [102])]
+    np.testing.assert_allclose(predict_logits(again, unseen), predict_logits(again, as_unk), atol=1e-6)
+
+
+def test_teacher_layer_init_works_into_a_trimmed_student():
+    from helpers.models import vocabulary_ids
+    from helpers.training import encode, predict_logits
+
+    corpus = encode(["the court reversed the warrant"], 16)
+    teacher = build_model(REGISTRY["Smoke_Teacher_2x64"], seed=0)
+    full = build_model(REGISTRY["Smoke_Half_1x64"], teacher=teacher, seed=1)
+    trimmed = build_model(REGISTRY["Smoke_Half_1x64"], teacher=teacher, seed=1, keep_ids=vocabulary_ids(corpus))
+    np.testing.assert_allclose(predict_logits(full, corpus), predict_logits(trimmed, corpus), atol=1e-6)

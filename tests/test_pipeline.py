@@ -22,16 +22,28 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
         [pd.read_csv(r / "data" / f"{s}.csv") for s in ("train", "val", "test")]))
     index = json.loads((r / "models" / "models.json").read_text())
     students = index["students"]
-    assert len(students) == 2 * 2 * 2  # 2 students x 2 modes x 2 seeds
+    assert len(students) == (4 + 4) * 2  # both smoke students in all 4 arms, 2 seeds
     for e in [index["teacher"], index["teacher_ceiling"], *students]:
         assert (r / e["path"] / "model.safetensors").is_file()
         assert not list((r / e["path"]).glob("*.bin")) and not list((r / e["path"]).glob("*.pt"))
     assert len(list((r / "models" / "teacher_logits").glob("*.safetensors"))) == 1
     metrics = pd.read_csv(r / "models" / "metrics.csv")
-    assert set(metrics["mode"]) == {"teacher", "ceiling", "independent", "distilled"}
-    gain = pd.read_csv(r / "models" / "kd_gain.csv")
+    assert set(metrics["mode"]) == {"teacher", "ceiling", "independent", "distilled", "distilled_transfer",
+                                    "pseudo_label_transfer"}
+    gain = pd.read_csv(r / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     assert set(gain["model"]) == {"Smoke_Half_1x64", "Smoke_Tiny_1x32"}
-    assert (gain["ci_low"] <= gain["diff"] + 1e-9).all() and (gain["diff"] <= gain["ci_high"] + 1e-9).all()
+    assert set(gain.loc[gain["model"] == "Smoke_Tiny_1x32", "arm"]) == {"distilled", "distilled_transfer",
+                                                                        "pseudo_label_transfer"}
+    assert {"p_value", "p_adjusted", "ci_half_width", "did_not_learn"} <= set(gain.columns)
+    runs = pd.read_csv(r / "models" / "student_runs.csv", keep_default_na=False)
+    assert {"steps", "train_examples", "train_seconds", "best_step", "lr", "precision"} <= set(runs.columns)
+    assert (runs["train_examples"] > 0).all() and (runs["train_seconds"] > 0).all()
+    # independent and distilled runs of a student and seed saw the same batches
+    pair = runs[runs["mode"].isin(["independent", "distilled"])].groupby(["model", "seed"])["batch_digest"].nunique()
+    assert (pair == 1).all()
+    lr = pd.read_csv(r / "models" / "lr_selection.csv")
+    assert lr.groupby("model")["chosen"].sum().eq(2).all()  # one rate per student, its two seed-0 trials
+    assert (r / "data" / "transfer.csv").is_file() and (r / "data" / "vocab.json").is_file()
     summary = pd.read_csv(r / "attributions" / "summary.csv")
     assert "ceiling" in set(summary["mode"])
     assert (r / "summary.json").is_file() and (r / "report.html").is_file()
@@ -59,3 +71,42 @@ def test_sweep_reruns_only_the_student_stage(smoke_run):
         assert json.loads((folder / "manifests" / "03_train_students.json").read_text())["hash"]
         assert yaml.safe_load((folder / "params.yaml").read_text())["alpha"] == float(combo.split("=")[1])
         assert not (folder / "manifests" / "04_compare_attributions.json").exists()
+
+
+def test_no_decision_reads_the_test_labels(smoke_run, tmp_path):
+    """Scramble the test labels of a finished smoke run, rerun every stage that decides anything (02, 03, 05):
+    the collapse gate, the teacher's best epoch, the learning rates, every run's best step and early stop, and
+    the recommendation must all come out the same; only the reported test figures may move."""
+    import shutil
+
+    import numpy as np
+
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(smoke_run, scrambled)
+    test_csv = scrambled / "data" / "test.csv"
+    test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
+    test["label"] = np.random.default_rng(0).permutation(test["label"].to_numpy())
+    test.to_csv(test_csv, index=False, lineterminator="\n")
+    params = resolve("smoke", run_dir=str(scrambled))
+    for stage in ("02", "03", "05"):
+        run(params, only=stage, force=True, log_output=False)
+
+    def decisions(r):
+        s = json.loads((r / "summary.json").read_text())
+        t = json.loads((r / "models" / "teacher_metrics.json").read_text())
+        runs = pd.read_csv(r / "models" / "student_runs.csv", keep_default_na=False)
+        lr = pd.read_csv(r / "models" / "lr_selection.csv")
+        hist = pd.read_csv(r / "models" / "teacher" / "history.csv")
+        rec = s["recommendation"]
+        return {"collapsed": t["collapsed"], "teacher_best": hist.loc[hist["best"], "step"].tolist(),
+                "lrs": lr[lr["chosen"]][["model", "lr"]].drop_duplicates().values.tolist(),
+                "runs": runs[["model", "mode", "seed", "lr", "steps", "best_step", "stopped_early",
+                              "did_not_learn"]].values.tolist(),
+                "recommendation": (rec["model"], rec["mode"], rec["selected_on"], rec["val_accuracy"])}
+
+    before, after = decisions(smoke_run), decisions(scrambled)
+    assert before["recommendation"][0] is not None, "the smoke run must make a recommendation"
+    assert after == before
+    t_before = json.loads((smoke_run / "models" / "teacher_metrics.json").read_text())["test"]["accuracy"]
+    t_after = json.loads((scrambled / "models" / "teacher_metrics.json").read_text())["test"]["accuracy"]
+    assert t_after != t_before  # the test labels really changed what is reported

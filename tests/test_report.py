@@ -25,8 +25,8 @@ def _entry(name: str, role: str, mode: str, seed: int, path: str, params: int) -
             "non_embedding_params": params // 4, "shape": "2x64"}
 
 
-def _metric_row(name: str, role: str, mode: str, seed: int, acc: float, params: int) -> dict:
-    return {"model": name, "role": role, "mode": mode, "seed": seed, "split": "test", "accuracy": acc,
+def _metric_row(name: str, role: str, mode: str, seed: int, acc: float, params: int, split: str = "test") -> dict:
+    return {"model": name, "role": role, "mode": mode, "seed": seed, "split": split, "accuracy": acc,
             "macro_f1": acc - 0.05, "roc_auc": acc + 0.05, "ece": 0.05, "positive_rate": 0.6,
             "agreement": float("nan") if role == "teacher" and mode == "teacher" else 0.9,
             "kl_to_teacher": float("nan") if mode == "teacher" else 0.05, "params": params,
@@ -34,8 +34,12 @@ def _metric_row(name: str, role: str, mode: str, seed: int, acc: float, params: 
 
 
 def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = None, collapsed: bool = False,
-             teacher_acc: float = 0.80) -> Path:
-    """A hand-made run folder with stages 01-03 and the benchmark done: students {name: (params, ind, dist)}."""
+             teacher_acc: float = 0.80, val_shift: dict[str, float] | None = None) -> Path:
+    """A hand-made run folder with stages 01-03 and the benchmark done: students {name: (params, ind, dist)}.
+
+    Validation accuracies equal the test ones, shifted by `val_shift[name]` (to tell val-based from test-based
+    choices apart)."""
+    val_shift = val_shift or {}
     students = students or {"S_big": (10_000_000, 0.79, 0.80), "S_small": (2_000_000, 0.70, 0.785)}
     for sub in ("data", "models", "benchmark", "figures"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -50,7 +54,8 @@ def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = 
     test = {"accuracy": teacher_acc, "macro_f1": teacher_acc - 0.02, "roc_auc": 0.85, "ece": 0.05,
             "positive_rate": 0.6}
     (root / "models" / "teacher_metrics.json").write_text(json.dumps({
-        "teacher": teacher, "ceiling": ceiling, "test": test, "val": test,
+        "teacher": teacher, "ceiling": ceiling, "test": test, "val": test, "precision": "bf16",
+        "majority_val_accuracy": 0.6,
         "ceiling_test": {"accuracy": 0.79, "macro_f1": 0.77, "roc_auc": 0.84, "agreement": 0.95, "kl_to_teacher": 0.02},
         "collapsed": collapsed, "majority_rate": 0.6, "majority_test_accuracy": 0.6, "tfidf_test_accuracy": 0.7,
         "margin_over_tfidf": teacher_acc - 0.7, "margin_over_majority": teacher_acc - 0.6}))
@@ -63,13 +68,17 @@ def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = 
             for seed, jitter in ((0, -0.005), (1, 0.005)):
                 entries.append(_entry(name, "student", mode, seed, f"models/students/{name}/{mode}/seed{seed}", params))
                 rows.append(_metric_row(name, "student", mode, seed, acc + jitter, params))
+                rows.append(_metric_row(name, "student", mode, seed, acc + jitter + val_shift.get(name, 0.0), params,
+                                        "val"))
             bench.append({"model": name, "mode": mode, "seed": 0, "size_mb": params * 4e-6,
                           "latency_ms_b1": 2.0 + i, "latency_ms_b32": 100.0 * params / 20_000_000,
                           "speedup_vs_teacher_b32": 20_000_000 / params})
-        gains.append({"model": name, "metric": "accuracy", "n_seeds": 2, "independent_mean": ind,
-                      "independent_std": 0.007, "distilled_mean": dist, "distilled_std": 0.007, "diff": dist - ind,
-                      "ci_low": dist - ind - 0.03, "ci_high": dist - ind + 0.03, "meaningful": not collapsed,
-                      "verdict": ""})
+        lo, hi, p = dist - ind - 0.03, dist - ind + 0.03, 0.001 if dist - ind > 0.03 else 0.5
+        gains.append({"model": name, "arm": "distilled", "metric": "accuracy", "n_seeds": 2, "independent_mean": ind,
+                      "independent_std": 0.007, "arm_mean": dist, "arm_std": 0.007, "diff": dist - ind,
+                      "ci_low": lo, "ci_high": hi, "se": 0.01, "p_value": p, "seed_sd": 0.01,
+                      "meaningful": not collapsed, "did_not_learn": "", "p_adjusted": p, "ci_half_width": 0.03,
+                      "verdict": verdict(dist - ind, lo, hi, not collapsed, "accuracy", p_adjusted=p)})
     (root / "models" / "models.json").write_text(json.dumps({"teacher": teacher, "teacher_ceiling": ceiling,
                                                               "teacher_collapsed": collapsed, "students": entries}))
     pd.DataFrame(rows).to_csv(root / "models" / "metrics.csv", index=False)
@@ -144,21 +153,33 @@ def test_kd_table_and_verdicts_name_no_evidence(tmp_path: Path) -> None:
     assert "no evidence" in report_tables.answer_markdown(run)
 
 
-def test_recommend_picks_the_smallest_model_within_tolerance() -> None:
+def test_recommend_picks_the_smallest_model_within_tolerance_on_validation() -> None:
     table = pd.DataFrame([
-        {"name": "big", "mode": "independent", "params": 30, "accuracy": 0.80, "speedup_vs_teacher": 2.0},
-        {"name": "big", "mode": "distilled", "params": 30, "accuracy": 0.81, "speedup_vs_teacher": 2.0},
-        {"name": "mid", "mode": "independent", "params": 10, "accuracy": 0.75, "speedup_vs_teacher": 5.0},
-        {"name": "mid", "mode": "distilled", "params": 10, "accuracy": 0.79, "speedup_vs_teacher": 5.0},
-        {"name": "tiny", "mode": "independent", "params": 2, "accuracy": 0.70, "speedup_vs_teacher": 20.0},
-        {"name": "tiny", "mode": "distilled", "params": 2, "accuracy": 0.72, "speedup_vs_teacher": 20.0}])
-    rec = report.recommend(table, teacher_accuracy=0.80, tolerance=0.02)
+        {"name": "big", "mode": "independent", "params": 30, "val_accuracy": 0.80, "speedup_vs_teacher": 2.0},
+        {"name": "big", "mode": "distilled", "params": 30, "val_accuracy": 0.81, "speedup_vs_teacher": 2.0},
+        {"name": "mid", "mode": "independent", "params": 10, "val_accuracy": 0.75, "speedup_vs_teacher": 5.0},
+        {"name": "mid", "mode": "distilled", "params": 10, "val_accuracy": 0.79, "speedup_vs_teacher": 5.0},
+        {"name": "tiny", "mode": "independent", "params": 2, "val_accuracy": 0.70, "speedup_vs_teacher": 20.0},
+        {"name": "tiny", "mode": "distilled", "params": 2, "val_accuracy": 0.72, "speedup_vs_teacher": 20.0}])
+    table["accuracy"] = 1.0 - table["val_accuracy"]  # test accuracies ranked the other way: must not matter
+    rec = report.recommend(table, teacher_val_accuracy=0.80, tolerance=0.02, teacher_test_accuracy=0.8)
     assert (rec["model"], rec["mode"], rec["speedup_vs_teacher"]) == ("mid", "distilled", 5.0)
-    assert rec["gap"] == pytest.approx(-0.01) and "mid" in rec["text"] and rec["meaningful"]
-    none = report.recommend(table, teacher_accuracy=0.90, tolerance=0.02)
+    assert rec["selected_on"] == "val" and rec["val_accuracy"] == pytest.approx(0.79)
+    assert rec["accuracy"] == pytest.approx(0.21) and rec["gap"] == pytest.approx(0.21 - 0.8)
+    assert "mid" in rec["text"] and rec["meaningful"]
+    none = report.recommend(table, teacher_val_accuracy=0.90, tolerance=0.02)
     assert none["model"] is None and "No student" in none["text"]
-    collapsed = report.recommend(table, teacher_accuracy=0.80, tolerance=0.02, collapsed=True)
+    collapsed = report.recommend(table, teacher_val_accuracy=0.80, tolerance=0.02, collapsed=True)
     assert collapsed["model"] is None and not collapsed["meaningful"] and "collapsed" in collapsed["text"]
+
+
+def test_summary_choices_read_validation_not_test(tmp_path: Path) -> None:
+    # S_small is best on test but 0.1 worse on validation: it must not be recommended
+    run = make_run(tmp_path / "run", val_shift={"S_small": -0.10})
+    s = report.build_summary(run, profile="test", tolerance=0.02)
+    assert s["recommendation"]["model"] == "S_big" and s["recommendation"]["selected_on"] == "val"
+    table = report_tables.floor_ceiling(run)
+    assert any("S_big" in m for m in table["model"]) and not any("(S_small)" in m for m in table["model"])
 
 
 def test_summary_recommends_and_says_so(summary: dict) -> None:
@@ -225,12 +246,11 @@ def test_report_notebook_renders_summary_and_report(smoke_run: Path) -> None:
     summary = json.loads((smoke_run / "summary.json").read_text())
     validate_summary(summary)
     assert summary["profile"] == "smoke"
-    n_students = len({s["name"] for s in json.loads((smoke_run / "models" / "models.json").read_text())["students"]})
-    assert len(summary["models"]) == 1 + 2 * n_students
+    arms = {(s["name"], s["mode"]) for s in json.loads((smoke_run / "models" / "models.json").read_text())["students"]}
+    assert len(summary["models"]) == 1 + len(arms)
     assert all(m["latency_ms_b32"] > 0 for m in summary["models"])
-    if summary["teacher"]["collapsed"]:
-        assert not summary["recommendation"]["meaningful"]
-        assert all(v["text"].startswith("not meaningful") for v in summary["verdicts"])
+    assert not summary["teacher"]["collapsed"], "the smoke teacher must learn, or no decision is exercised"
+    assert summary["recommendation"]["selected_on"] == "val"
     assert (smoke_run / "figures" / "05_pareto.png").is_file()
     assert (smoke_run / "benchmark" / "benchmark.csv").is_file()
     page = (smoke_run / "report.html").read_text()

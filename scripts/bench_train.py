@@ -1,0 +1,104 @@
+"""Training throughput: the suite's training path against a bare PyTorch fp32 loop, per default model, in one run.
+
+For each model (the default profile's teacher and students) both loops train the same architecture from the same
+seed on the same batches (synthetic cases, batch 16, max_len 64) and the script prints training examples per
+second inside training steps and the ratio suite / bare. The suite path is `helpers.training.train` with the
+run's precision (`auto`: bf16 autocast on CPUs with native bf16) and, for students, the trimmed vocabulary; the
+bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on the machine while it measures.
+
+    python scripts/bench_train.py [--steps 40] [--rounds 3] [--threads 2] [--precision auto] [--models ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers.config import defaults  # noqa: E402
+from helpers.models import build_model, get_spec, vocabulary_ids  # noqa: E402
+from helpers.synthetic import generate_cases  # noqa: E402
+from helpers.training import (CaseDataset, TrainConfig, batch_order, collate, encode, resolve_precision,  # noqa: E402
+                              train)
+
+
+def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float) -> float:
+    """Examples per second of a plain fp32 AdamW loop over `batches` (first 3 steps are warm-up)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    seconds, examples = 0.0, 0
+    for i, rows in enumerate(batches):
+        t0 = time.perf_counter()
+        batch = collate([data[int(j)] for j in rows])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits, batch["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 3:
+            seconds += time.perf_counter() - t0
+            examples += len(rows)
+    return examples / seconds
+
+
+def suite_loop(model: torch.nn.Module, data: CaseDataset, steps: int, lr: float, precision: str,
+               mode: str = "independent") -> float:
+    """Examples per second inside the suite's training steps (its own timer excludes evaluations)."""
+    val = CaseDataset(data.encodings[:16], data.labels[:16])
+    cfg = TrainConfig(max_steps=steps + 3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0,
+                      precision=precision)
+    warm = TrainConfig(max_steps=3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0, precision=precision)
+    train(model, data, val, warm, mode=mode)  # warm-up (allocator, oneDNN kernels)
+    result = train(model, data, val, cfg, mode=mode)
+    return result.train_examples / result.train_seconds
+
+
+def main() -> None:
+    p = defaults()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per loop and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=p["max_len"])
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--no-trim", action="store_true", help="students keep the full vocabulary")
+    parser.add_argument("--models", nargs="+", default=[p["teacher"], *p["students"]])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    precision = resolve_precision(args.precision)
+    cases, _ = generate_cases(1200, seed=7)
+    enc = encode(cases["facts"].str.replace(r"<[^>]+>", " ", regex=True).tolist(), args.max_len)
+    labels = (cases["first_party_winner"] == "TRUE").astype(int).to_numpy()
+    logits = np.random.default_rng(0).normal(size=(len(enc), 2)).astype(np.float32)
+    data = CaseDataset(enc, labels, logits)
+    keep = None if args.no_trim else vocabulary_ids(enc)
+    teacher = build_model(get_spec(p["teacher"]), seed=0)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 16, max_len {args.max_len}, suite precision "
+          f"{precision}, students' vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
+          f"{args.rounds} interleaved rounds of {args.steps} steps, median examples/s inside training steps")
+    print(f"{'model':<22} {'bare fp32':>10} {'suite':>10} {'ratio':>7} {'suite KD':>10} {'KD/indep':>9}")
+    for name in args.models:
+        spec = get_spec(name)
+        lr = 1e-4 if spec.role == "teacher" else 1e-3
+        student_keep = None if spec.role == "teacher" else keep
+        bare, suite, kd = [], [], []
+        batches = batch_order(len(data), 16, args.steps + 3, seed=0)
+        for _ in range(args.rounds):
+            bare.append(bare_loop(build_model(spec, teacher=teacher, seed=0), data, batches, lr))
+            suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+                                    args.steps, lr, precision))
+            kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+                                 args.steps, lr, precision, mode="distilled"))
+        b, s, k = statistics.median(bare), statistics.median(suite), statistics.median(kd)
+        print(f"{name:<22} {b:>10.1f} {s:>10.1f} {s / b:>6.2f}x {k:>10.1f} {s / k:>8.3f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
