@@ -59,12 +59,26 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
         seed_run_folder(base_dir, target, stages, student - 1)
         print(f"sweep: {slug(combo)} -> {target}", flush=True)
         run(params, until=stages[student].number, force=False, verbose=verbose)
-        gain = pd.read_csv(target / "models" / "kd_gain.csv")
+        gain = pd.read_csv(target / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
+        metrics = pd.read_csv(target / "models" / "metrics.csv")
+        val = metrics[metrics["split"] == "val"].groupby(["model", "mode"])["accuracy"].mean()
         for _, g in gain.iterrows():
-            rows.append({**combo, "model": g["model"], "metric": g["metric"],
-                         "independent": g["independent_mean"], "distilled": g["distilled_mean"],
-                         "kd_gain": g["diff"], "ci_low": g["ci_low"], "ci_high": g["ci_high"]})
+            rows.append({**combo, "model": g["model"], "arm": g["arm"], "metric": g["metric"],
+                         "val_accuracy": val.get((g["model"], g["arm"])),
+                         "independent": g["independent_mean"], "arm_value": g["arm_mean"],
+                         "gain": g["diff"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
+                         "p_adjusted": g["p_adjusted"]})
     table = pd.DataFrame(rows)
+    if not table.empty:  # the best combination per student and arm is chosen on validation accuracy only
+        best = table[table["metric"] == "accuracy"].sort_values("val_accuracy", ascending=False, kind="stable") \
+            .drop_duplicates(["model", "arm"])
+        keys = ["model", "arm", *combos[0]]
+        chosen = {tuple(map(str, row)) for row in best[keys].to_numpy()}
+        table["best_on_val"] = [tuple(map(str, row)) in chosen for row in table[keys].to_numpy()]
+        for r in best.itertuples():
+            print(f"sweep: best on validation for {r.model} {r.arm}: "
+                  f"{', '.join(f'{k}={getattr(r, k)}' for k in combos[0])} (val accuracy {r.val_accuracy:.3f}; "
+                  f"test gain {r.gain:+.3f}, reported only)", flush=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(sweep_dir / "sweep.csv", index=False)
     plot_sweep(table, list(combos[0]) if combos else []).savefig(sweep_dir / "sweep.png", bbox_inches="tight")
@@ -73,12 +87,13 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
 
 
 def plot_sweep(table: pd.DataFrame, axes_names: list[str]):
-    """Distilled accuracy and fidelity (agreement with the teacher) per combination and student."""
+    """Test accuracy and fidelity (agreement with the teacher) of every student arm per combination."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    table = table.assign(combination=table[axes_names].astype(str).agg(", ".join, axis=1) if axes_names else "")
-    for ax, metric, title in ((axes[0], "accuracy", "distilled test accuracy"),
+    table = table.assign(combination=table[axes_names].astype(str).agg(", ".join, axis=1) if axes_names else "",
+                         line=table["model"] + " · " + table["arm"])
+    for ax, metric, title in ((axes[0], "accuracy", "test accuracy per arm (reported only)"),
                               (axes[1], "agreement", "fidelity: agreement with the teacher")):
-        sub = table[table["metric"] == metric].pivot_table(index="combination", columns="model", values="distilled")
+        sub = table[table["metric"] == metric].pivot_table(index="combination", columns="line", values="arm_value")
         sub.plot(ax=ax, marker="o")
         ax.set_title(title)
         ax.set_xlabel(" , ".join(axes_names))

@@ -7,6 +7,7 @@ run's precision (`auto`: bf16 autocast on CPUs with native bf16) and, for studen
 bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on the machine while it measures.
 
     python scripts/bench_train.py [--steps 40] [--rounds 3] [--threads 2] [--precision auto] [--models ...]
+    python scripts/bench_train.py --device cuda     # the GPU path: the same comparison on a CUDA GPU
 """
 from __future__ import annotations
 
@@ -29,19 +30,27 @@ from helpers.training import (CaseDataset, TrainConfig, batch_order, collate, en
                               train)
 
 
-def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float) -> float:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float,
+              device: str = "cpu") -> float:
     """Examples per second of a plain fp32 AdamW loop over `batches` (first 3 steps are warm-up)."""
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     seconds, examples = 0.0, 0
     for i, rows in enumerate(batches):
+        _sync(device)
         t0 = time.perf_counter()
-        batch = collate([data[int(j)] for j in rows])
+        batch = {k: v.to(device) for k, v in collate([data[int(j)] for j in rows]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = F.cross_entropy(logits, batch["labels"])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        _sync(device)
         if i >= 3:
             seconds += time.perf_counter() - t0
             examples += len(rows)
@@ -49,12 +58,13 @@ def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarra
 
 
 def suite_loop(model: torch.nn.Module, data: CaseDataset, steps: int, lr: float, precision: str,
-               mode: str = "independent") -> float:
+               mode: str = "independent", device: str = "cpu") -> float:
     """Examples per second inside the suite's training steps (its own timer excludes evaluations)."""
     val = CaseDataset(data.encodings[:16], data.labels[:16])
     cfg = TrainConfig(max_steps=steps + 3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0,
-                      precision=precision)
-    warm = TrainConfig(max_steps=3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0, precision=precision)
+                      precision=precision, device=device)
+    warm = TrainConfig(max_steps=3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0, precision=precision,
+                       device=device)
     train(model, data, val, warm, mode=mode)  # warm-up (allocator, oneDNN kernels)
     result = train(model, data, val, cfg, mode=mode)
     return result.train_examples / result.train_seconds
@@ -70,9 +80,12 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--no-trim", action="store_true", help="students keep the full vocabulary")
     parser.add_argument("--models", nargs="+", default=[p["teacher"], *p["students"]])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = resolve_precision(args.precision)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available here; nothing was run")
+    precision = resolve_precision(args.precision, args.device)
     cases, _ = generate_cases(1200, seed=7)
     enc = encode(cases["facts"].str.replace(r"<[^>]+>", " ", regex=True).tolist(), args.max_len)
     labels = (cases["first_party_winner"] == "TRUE").astype(int).to_numpy()
@@ -80,7 +93,7 @@ def main() -> None:
     data = CaseDataset(enc, labels, logits)
     keep = None if args.no_trim else vocabulary_ids(enc)
     teacher = build_model(get_spec(p["teacher"]), seed=0)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 16, max_len {args.max_len}, suite precision "
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len {args.max_len}, suite precision "
           f"{precision}, students' vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps, median examples/s inside training steps")
     print(f"{'model':<22} {'bare fp32':>10} {'suite':>10} {'ratio':>7} {'suite KD':>10} {'KD/indep':>9}")
@@ -91,11 +104,11 @@ def main() -> None:
         bare, suite, kd = [], [], []
         batches = batch_order(len(data), 16, args.steps + 3, seed=0)
         for _ in range(args.rounds):
-            bare.append(bare_loop(build_model(spec, teacher=teacher, seed=0), data, batches, lr))
+            bare.append(bare_loop(build_model(spec, teacher=teacher, seed=0), data, batches, lr, args.device))
             suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
-                                    args.steps, lr, precision))
+                                    args.steps, lr, precision, device=args.device))
             kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
-                                 args.steps, lr, precision, mode="distilled"))
+                                 args.steps, lr, precision, mode="distilled", device=args.device))
         b, s, k = statistics.median(bare), statistics.median(suite), statistics.median(kd)
         print(f"{name:<22} {b:>10.1f} {s:>10.1f} {s / b:>6.2f}x {k:>10.1f} {s / k:>8.3f}x", flush=True)
 

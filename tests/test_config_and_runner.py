@@ -21,6 +21,7 @@ def test_profiles_resolve_and_layer_over_default():
     assert s["alpha"] == d["alpha"]  # not in smoke.yaml: inherited
     p = resolve("paper")
     assert p["teacher"] == "Teacher_BERT" and len(p["students"]) == 5
+    assert len(resolve("full")["students"]) == 5
 
 
 def test_overrides_are_typed():

@@ -62,6 +62,11 @@ def test_sweep_reruns_only_the_student_stage(smoke_run):
     table = sweep([("alpha", "0.2,0.8")], profile="smoke", run_dir=str(smoke_run))
     sweep_dir = smoke_run.parent / f"{smoke_run.name}-sweep"
     assert (sweep_dir / "sweep.csv").is_file() and (sweep_dir / "sweep.png").is_file()
+    acc = table[table["metric"] == "accuracy"]
+    # one best combination per student x arm, and it is the one with the best validation accuracy
+    assert (acc.groupby(["model", "arm"])["best_on_val"].sum() == 1).all()
+    for _, g in acc.groupby(["model", "arm"]):
+        assert g.loc[g["best_on_val"], "val_accuracy"].iloc[0] == g["val_accuracy"].max()
     assert sorted(set(table["alpha"])) == [0.2, 0.8]
     base_manifest = (smoke_run / "manifests" / "02_train_teacher.json").read_text()
     for combo in ("alpha=0.2", "alpha=0.8"):

@@ -1,0 +1,61 @@
+"""Two run folders of one profile that differ in one setting (e.g. precision), compared per student x arm, paired."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import paired_difference
+from .run_folder import read_json
+from .teacher import teacher_predictions
+
+
+def _wide(run_dir: Path) -> pd.DataFrame:
+    preds = pd.read_csv(run_dir / "models" / "predictions.csv", dtype={"id": str})
+    return preds[~preds["mode"].isin(["teacher", "ceiling"])]
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.DataFrame:
+    """Per student x arm: test accuracy and agreement with the run's own teacher in run B minus run A.
+
+    Seeds pair the two runs (seed k of A with seed k of B, same cases), so the difference and its 95% t-interval
+    (evaluation.paired_difference) say whether the changed setting moved a result by more than training noise.
+    Rows also carry each run's verdict for the arm, to check whether the conclusion changed.
+    """
+    run_a, run_b = Path(run_a), Path(run_b)
+    pa, pb = _wide(run_a), _wide(run_b)
+    ta, tb = teacher_predictions(run_a), teacher_predictions(run_b)
+    verdicts = {}
+    for tag, run in (("a", run_a), ("b", run_b)):
+        g = pd.read_csv(run / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
+        verdicts[tag] = {(r.model, r.arm): r.verdict.split(":")[0] for r in g[g["metric"] == "accuracy"].itertuples()}
+    rows = []
+    for (model, mode), ga in pa.groupby(["model", "mode"], sort=False):
+        gb = pb[(pb["model"] == model) & (pb["mode"] == mode)]
+        if gb.empty:
+            continue
+        wa = ga.pivot_table(index="id", columns="seed", values="prob_1")
+        wb = gb.pivot_table(index="id", columns="seed", values="prob_1").loc[wa.index]
+        seeds = sorted(set(wa.columns) & set(wb.columns))
+        labels = ga.drop_duplicates("id").set_index("id").loc[wa.index, "label"].to_numpy()
+        a, b = wa[seeds].to_numpy().T, wb[seeds].to_numpy().T
+        acc = paired_difference(a, b, labels, labels, "accuracy", n_boot=n_boot)
+        # agreement with each run's own teacher: score 1 where a model predicts its teacher's class
+        agree_a = ((a >= 0.5).astype(int) == ta.loc[wa.index].to_numpy()).astype(float)
+        agree_b = ((b >= 0.5).astype(int) == tb.loc[wa.index].to_numpy()).astype(float)
+        ones = np.ones(len(labels), dtype=int)
+        agr = paired_difference(agree_a, agree_b, ones, ones, "accuracy", n_boot=n_boot)
+        rows.append({"model": model, "mode": mode, "seeds": len(seeds),
+                     "accuracy_a": float(np.mean((a >= 0.5) == labels)), "accuracy_b": float(np.mean((b >= 0.5) == labels)),
+                     "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
+                     "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
+                     "agreement_ci_high": agr["ci_high"], "verdict_a": verdicts["a"].get((model, mode), ""),
+                     "verdict_b": verdicts["b"].get((model, mode), "")})
+    return pd.DataFrame(rows)
+
+
+def precisions(run_a: str | Path, run_b: str | Path) -> tuple[str, str]:
+    """The training precision each run recorded (teacher_metrics.json)."""
+    return tuple(read_json(Path(r) / "models" / "teacher_metrics.json").get("precision", "fp32")
+                 for r in (run_a, run_b))
