@@ -206,10 +206,12 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
                   n_boot: int = 1000, seed: int = 0, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per student, arm (every mode but independent) and metric: the paired arm - independent test difference.
 
-    Columns: model, arm, metric, n_seeds, independent_mean/std, arm_mean/std, diff, ci_low, ci_high (unadjusted
-    95%), se, p_value, p_adjusted (Holm over every student x arm of the same metric), meaningful, did_not_learn,
-    verdict. A student whose independent or arm runs predict one class on validation in every seed is reported as
-    not comparable rather than as a zero difference.
+    Columns: model, arm, against (the reference arm), metric, n_seeds, independent_mean/std (the reference arm's),
+    arm_mean/std, diff, ci_low, ci_high (unadjusted 95%), se, p_value, p_adjusted (Holm over every row of the same
+    metric), meaningful, did_not_learn, verdict. Every arm is compared with `independent`; a student with both
+    transfer arms also gets distilled_transfer against pseudo_label_transfer (same extra cases, soft vs hard
+    targets). A student whose runs predict one class on validation in every seed is reported as not comparable
+    rather than as a zero difference.
     """
     rows = []
     for name in students:
@@ -220,16 +222,20 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
         ids = wide.index
         labels = sub.drop_duplicates("id").set_index("id").loc[ids, "label"].to_numpy()
         tpred = teacher_pred.loc[ids].to_numpy()
-        for arm in [m for m in dict.fromkeys(sub["mode"]) if m != "independent"]:
-            seeds = sorted(set(wide["independent"].columns) & set(wide[arm].columns))
-            pa = wide["independent"][seeds].to_numpy().T
+        arms = [m for m in dict.fromkeys(sub["mode"]) if m != "independent"]
+        pairs = [("independent", arm) for arm in arms]
+        if {"distilled_transfer", "pseudo_label_transfer"} <= set(arms):  # soft targets vs hard labels, same data
+            pairs.append(("pseudo_label_transfer", "distilled_transfer"))
+        for against, arm in pairs:
+            seeds = sorted(set(wide[against].columns) & set(wide[arm].columns))
+            pa = wide[against][seeds].to_numpy().T
             pb = wide[arm][seeds].to_numpy().T
-            dnl = _not_learned(runs, name, "independent") or _not_learned(runs, name, arm)
+            dnl = _not_learned(runs, name, against) or _not_learned(runs, name, arm)
             for metric in GAIN_METRICS:
                 per_a = _metric_rows(metric, pa, labels, tpred)
                 per_b = _metric_rows(metric, pb, labels, tpred)
                 stat = paired_difference(pa, pb, labels, tpred, metric, n_boot=n_boot, seed=seed)
-                rows.append({"model": name, "arm": arm, "metric": metric, "n_seeds": len(seeds),
+                rows.append({"model": name, "arm": arm, "against": against, "metric": metric, "n_seeds": len(seeds),
                              "independent_mean": float(np.mean(per_a)),
                              "independent_std": float(np.std(per_a, ddof=1)) if len(seeds) > 1 else 0.0,
                              "arm_mean": float(np.mean(per_b)),
@@ -246,6 +252,7 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2
     table["verdict"] = [verdict(r.diff, r.ci_low, r.ci_high, bool(r.meaningful), r.metric,
                                 p_adjusted=None if np.isnan(r.p_adjusted) else r.p_adjusted,
-                                arm=ARM_WORDS.get(r.arm, r.arm), did_not_learn=r.did_not_learn)
+                                arm=ARM_WORDS.get(r.arm, r.arm) if r.against == "independent" else
+                                f"soft targets ({r.arm} over {r.against})", did_not_learn=r.did_not_learn)
                         for r in table.itertuples()]
     return table

@@ -7,11 +7,13 @@ a JupyterLab cell and the executed notebook. A loop shorter than `every` seconds
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from queue import Empty
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO, TypeVar
 
-from transformers import TrainerCallback
 
 T = TypeVar("T")
 EVERY_S = 10.0  # seconds between progress lines
@@ -98,21 +100,48 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", *,
             p.update()
 
 
-class ProgressCallback(TrainerCallback):
-    """A transformers Trainer callback printing `desc  step/max_steps [elapsed, ~left]` through `Progress`."""
+class QueueFile:
+    """A write-only text file whose lines go onto a multiprocessing queue: progress lines of a worker process."""
 
-    def __init__(self, desc: str = "training steps", *, every: float = EVERY_S, file: TextIO | None = None):
-        self.desc, self.every, self.file = desc, every, file
-        self.bar: Progress | None = None
+    def __init__(self, queue):
+        self.queue = queue
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = Progress(state.max_steps or None, self.desc, every=self.every, file=self.file)
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.queue.put(text.rstrip("\n"))
+        return len(text)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar(state.global_step, state.max_steps or None)
+    def flush(self) -> None:
+        pass
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+
+@contextmanager
+def relay(queue) -> Iterator[None]:
+    """Print, in this process, every line worker processes put on `queue` until the block ends.
+
+    A worker's own stdout is not the notebook's (papermill and JupyterLab only see the kernel's), so workers write
+    their progress lines to a queue (QueueFile) and the kernel prints them.
+    """
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                print(queue.get(timeout=0.2), flush=True)
+            except Empty:
+                continue
+            except (EOFError, OSError):  # the manager went away
+                return
+        while True:
+            try:
+                print(queue.get_nowait(), flush=True)
+            except (Empty, EOFError, OSError):
+                return
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

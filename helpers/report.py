@@ -87,7 +87,7 @@ def kd_verdicts(t: RunTables) -> list[dict[str, str]]:
     """One verdict line per student x arm on test accuracy (kd_gain.csv's verdict: Holm-adjusted, 'no evidence'
     when the interval covers zero, 'not comparable' when a run did not learn, 'not meaningful' after a collapse)."""
     rows = t.kd_gain[t.kd_gain["metric"] == "accuracy"]
-    return [{"model": r.model, "arm": r.arm, "text": r.verdict} for r in rows.itertuples()]
+    return [{"model": r.model, "arm": r.arm, "against": r.against, "text": r.verdict} for r in rows.itertuples()]
 
 
 def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict[str, Any] | None:
@@ -126,7 +126,8 @@ def model_entries(t: RunTables) -> list[dict[str, Any]]:
     entries = [t.index["teacher"], *t.index.get("students", [])]
     shapes = {e["name"]: e.get("shape", "") for e in entries}
     full_vocab = {e["name"]: e.get("params_full_vocab") for e in entries}
-    gains = {(r.model, r.arm): r for r in t.kd_gain[t.kd_gain["metric"] == "accuracy"].itertuples()}
+    gains = {(r.model, r.arm): r for r in t.kd_gain[t.kd_gain["metric"] == "accuracy"].itertuples()
+             if r.against == "independent"}
     val = t.val_metrics.groupby(["model", "mode"])["accuracy"].mean()
     out = []
     for (name, mode), g in m.groupby(["model", "mode"], sort=False):
@@ -225,13 +226,13 @@ def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict
         return (f"The teacher {teacher['name']} collapsed (validation accuracy {teacher['val_accuracy']:.3f}, no "
                 f"better than the majority class): this run cannot say whether distillation helps. {rec['text']}")
     parts = []
-    for arm in dict.fromkeys(v["arm"] for v in verdicts):
-        rows = [v for v in verdicts if v["arm"] == arm]
+    for arm, against in dict.fromkeys((v["arm"], v["against"]) for v in verdicts):
+        rows = [v for v in verdicts if (v["arm"], v["against"]) == (arm, against)]
         helped = [v["model"] for v in rows if " helped: " in v["text"]]
         hurt = [v["model"] for v in rows if " hurt: " in v["text"]]
         dnl = [v["model"] for v in rows if v["text"].startswith("not comparable")]
-        text = (f"{arm} vs independent: helped {', '.join(helped)}" if helped else
-                f"{arm} vs independent: no student shows evidence that it helped")
+        text = (f"{arm} vs {against}: helped {', '.join(helped)}" if helped else
+                f"{arm} vs {against}: no student shows evidence that it helped")
         text += f"; hurt {', '.join(hurt)}" if hurt else ""
         text += f"; not comparable (did not learn) {', '.join(dnl)}" if dnl else ""
         parts.append(f"{text} ({len(rows)} students)")

@@ -26,13 +26,13 @@ def kd_table(run_dir: str | Path) -> pd.DataFrame:
     acc = t.kd_gain[t.kd_gain["metric"] == "accuracy"].reset_index(drop=True)
     params = t.metrics.groupby("model")["params"].first()
     return pd.DataFrame({
-        "student": acc["model"], "arm": acc["arm"],
+        "student": acc["model"], "arm": acc["arm"], "against": acc["against"],
         "params_m": [round(params.get(m, np.nan) / 1e6, 2) for m in acc["model"]],
         "seeds": acc["n_seeds"],
-        "independent": [_mean_std(a, s, n) for a, s, n in zip(acc["independent_mean"], acc["independent_std"],
-                                                               acc["n_seeds"])],
+        "reference accuracy": [_mean_std(a, s, n) for a, s, n in zip(acc["independent_mean"],
+                                                                      acc["independent_std"], acc["n_seeds"])],
         "arm accuracy": [_mean_std(a, s, n) for a, s, n in zip(acc["arm_mean"], acc["arm_std"], acc["n_seeds"])],
-        "arm − independent": acc["diff"].map("{:+.3f}".format),
+        "arm − reference": acc["diff"].map("{:+.3f}".format),
         "95% CI (unadjusted)": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(acc["ci_low"], acc["ci_high"])],
         "± half-width": acc["ci_half_width"].map("{:.3f}".format),
         "Holm p": acc["p_adjusted"].map(lambda p: "–" if pd.isna(p) else f"{p:.3g}"),
@@ -103,7 +103,7 @@ def recommendation_text(summary: dict[str, Any]) -> str:
 def headline_markdown(summary: dict[str, Any]) -> str:
     """Question, answer and one verdict line per student, as Markdown."""
     lines = [f"**Question.** {summary['question']}", "", f"**Answer.** {summary['headline']}", ""]
-    lines += [f"- `{v['model']}` · {v['arm']}: {v['text']}" for v in summary["verdicts"]]
+    lines += [f"- `{v['model']}` · {v['arm']} vs {v['against']}: {v['text']}" for v in summary["verdicts"]]
     lines += ["", f"*How the intervals were computed.* {summary['statistics']}"]
     return "\n".join(lines)
 
@@ -116,7 +116,7 @@ def answer_markdown(run_dir: str | Path) -> str:
         lines += [f"**Warning: the teacher {t.index['teacher']['name']} collapsed** (validation accuracy "
                   f"{t.teacher['val']['accuracy']:.3f}, majority class {t.teacher['majority_val_accuracy']:.3f}): "
                   f"no distillation comparison in this run is meaningful.", ""]
-    lines += [f"- `{v['model']}` · {v['arm']}: {v['text']}" for v in kd_verdicts(t)]
+    lines += [f"- `{v['model']}` · {v['arm']} vs {v['against']}: {v['text']}" for v in kd_verdicts(t)]
     return "\n".join(lines)
 
 

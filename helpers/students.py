@@ -384,13 +384,15 @@ def interval_widths(run_dir: str | Path, metric: str = "accuracy") -> pd.DataFra
     """The half-width of every student x arm's unadjusted 95% interval (the run's resolving power) and its p."""
     gain = pd.read_csv(Path(run_dir) / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     g = gain[gain["metric"] == metric]
-    return g[["model", "arm", "n_seeds", "diff", "ci_low", "ci_high", "ci_half_width", "p_value", "p_adjusted"]] \
+    return g[["model", "arm", "against", "n_seeds", "diff", "ci_low", "ci_high", "ci_half_width", "p_value",
+              "p_adjusted"]] \
         .reset_index(drop=True)
 
 
 def widths_text(widths: pd.DataFrame) -> str:
     """'S5 distilled ±0.012, ...': the half-widths of interval_widths() in one line."""
-    return ", ".join(f"{m} {a} ±{w:.3f}" for m, a, w in zip(widths["model"], widths["arm"], widths["ci_half_width"]))
+    return ", ".join(f"{m} {a} vs {r} ±{w:.3f}" for m, a, r, w in zip(widths["model"], widths["arm"], widths["against"],
+                                                                    widths["ci_half_width"]))
 
 
 def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:

@@ -63,7 +63,7 @@ SCHEMA: dict[str, Any] = {
         "headline": _STR,
         "statistics": _STR,
         "precision": {"enum": ["fp32", "bf16"]},
-        "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "text": _STR})},
+        "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "against": _STR, "text": _STR})},
         "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {
             "majority_rate": _NUM,
             "baselines": {"type": "object", "required": ["majority", "tfidf_logreg"]},

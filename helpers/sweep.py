@@ -62,7 +62,7 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
         gain = pd.read_csv(target / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
         metrics = pd.read_csv(target / "models" / "metrics.csv")
         val = metrics[metrics["split"] == "val"].groupby(["model", "mode"])["accuracy"].mean()
-        for _, g in gain.iterrows():
+        for _, g in gain[gain["against"] == "independent"].iterrows():
             rows.append({**combo, "model": g["model"], "arm": g["arm"], "metric": g["metric"],
                          "val_accuracy": val.get((g["model"], g["arm"])),
                          "independent": g["independent_mean"], "arm_value": g["arm_mean"],

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.numpy import load_file, save_file
 
 from . import data as data_mod
 from .evaluation import classification_metrics, is_collapsed, softmax
 from .models import build_model, count_params, full_vocabulary_params, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, replace_rows, run_path, write_csv, write_index, write_json
-from .progress import Progress
+from .progress import Progress, QueueFile, relay
 from .training import CaseDataset, TrainConfig, encode, predict_logits, resolve_precision, train
 
 SPLITS = ("train", "val", "test")
@@ -65,16 +66,23 @@ def logits_key(teacher_dir: str | Path, splits: dict[str, pd.DataFrame], max_len
 
 def cache_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame],
                          encoded: dict[str, list[dict[str, list[int]]]], max_len: int,
-                         device: str = "cpu", precision: str = "fp32") -> tuple[Path, dict[str, np.ndarray]]:
-    """Compute the fine-tuned teacher's logits for every split (and the transfer pool) once, or reuse the cache."""
+                         device: str = "cpu", precision: str = "fp32",
+                         computed: dict[str, np.ndarray] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
+    """Compute the fine-tuned teacher's logits for every split (and the transfer pool) once, or reuse the cache.
+
+    `computed`: logits already computed for exactly these splits (by the process that trained the teacher).
+    """
     teacher_dir = Path(run_dir) / "models" / "teacher"
     key = logits_key(teacher_dir, splits, max_len)
     path = run_path(run_dir, "models", "teacher_logits", f"{key}.safetensors")
     if path.is_file():
         return path, load_file(str(path))
-    model = load_model(teacher_dir, device)
-    logits = {name: predict_logits(model, encoded[name], device=device, precision=precision).astype(np.float32)
-              for name in splits}
+    if computed is not None and set(computed) == set(splits):
+        logits = computed
+    else:
+        model = load_model(teacher_dir, device)
+        logits = {name: predict_logits(model, encoded[name], device=device, precision=precision).astype(np.float32)
+                  for name in splits}
     save_file(logits, str(path), metadata={"key": key, "teacher": str(teacher_dir), "max_len": str(max_len),
                                            "precision": precision})
     return path, logits
@@ -113,15 +121,60 @@ def index_entry(name: str, role: str, mode: str, seed: int, path: Path, run_dir:
             "params_full_vocab": full_vocabulary_params(model), "shape": spec.shape}
 
 
+def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune one teacher (the teacher or the ceiling teacher), save it, and score the splits it is read on.
+
+    Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
+    lines go to `job["lines"]`, a queue the notebook prints from). The teacher scores every split and the
+    transfer pool (its logits are cached for the students); the ceiling teacher scores val and test.
+    """
+    if "threads" in job:
+        torch.set_num_threads(job["threads"])
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+    run_dir = Path(job["run_dir"])
+    cases = load_cases(run_dir)
+    encoded = encode_splits(cases, job["max_len"])
+    labels = {s: cases[s]["label"].to_numpy() for s in SPLITS}
+    spec = get_spec(job["teacher"], job["model_overrides"])
+    model = build_model(spec, seed=job["seed"])
+    out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
+    bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
+    cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
+                      eval_every=job["eval_every"], patience=0, selection_metric=job["selection_metric"],
+                      class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
+                      progress=bar)
+    result = train(model, CaseDataset(encoded["train"], labels["train"]),
+                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent")
+    out = save_model(result.model, run_dir / "models" / job["folder"], spec)
+    history = result.history
+    history.insert(0, "seed", job["seed"])
+    write_csv(out / "history.csv", history)
+    scored = list(encoded) if job["role"] == "teacher" else ["val", "test"]
+    logits = {s: (result.val_logits if s == "val" else
+                  predict_logits(result.model, encoded[s], device=job["device"], precision=job["precision"]))
+              for s in scored}
+    mode = "teacher" if job["role"] == "teacher" else "ceiling"
+    return {"role": job["role"], "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir,
+                                                      result.model),
+            "history": history, "seconds": time.perf_counter() - start, "examples": result.train_examples,
+            "train_seconds": result.train_seconds, "best_step": result.best_step,
+            "logits": {k: v.astype(np.float32) for k, v in logits.items()}}
+
+
 def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int, teacher_lr: float,
                       teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
                       class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
                       precision: str = "auto", model_overrides: dict[str, str] | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, workers: int = 1, threads: int = 2) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
-    recorded in teacher_metrics.json, and the students of this run train in the same precision.
+    recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
+    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each.
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
@@ -132,32 +185,40 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     spec = get_spec(teacher, model_overrides)
     train_set = CaseDataset(encoded["train"], labels["train"])
     val_set = CaseDataset(encoded["val"], labels["val"])
-    entries, histories, timings = {}, {}, {}
-    for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed, "teacher_ceiling")):
-        start = time.perf_counter()
-        model = build_model(spec, seed=seed)
-        per_epoch = int(np.ceil(len(train_set) / batch_size))
-        cfg = TrainConfig(max_steps=teacher_epochs * per_epoch, lr=teacher_lr, batch_size=batch_size, seed=seed,
-                          eval_every=per_epoch, patience=0, selection_metric=selection_metric,
-                          class_weighted=class_weighted, device=device, precision=precision,
-                          progress=Progress(teacher_epochs * per_epoch, f"{role} steps") if progress else None)
-        result = train(model, train_set, val_set, cfg, mode="independent")
-        model, history = result.model, result.history
-        out = save_model(model, run_dir / "models" / folder, spec)
-        history.insert(0, "seed", seed)
-        write_csv(out / "history.csv", history)
-        timings[role] = time.perf_counter() - start
-        histories[role] = history
-        entries[role] = index_entry(teacher, "teacher", "teacher" if role == "teacher" else "ceiling", seed, out,
-                                    run_dir, model)
-        print(f"{role} ({teacher}, seed {seed}): trained in {timings[role]:.0f} s ({result.train_examples} examples, "
-              f"{result.train_examples / result.train_seconds:.0f}/s in training steps, {precision}), best epoch "
-              f"{result.best_step // per_epoch} of {teacher_epochs} (chosen on validation {selection_metric})",
+    per_epoch = int(np.ceil(len(encoded["train"]) / batch_size))
+    jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": teacher,
+             "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
+             "max_steps": teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": teacher_lr,
+             "selection_metric": selection_metric, "class_weighted": class_weighted, "device": device,
+             "precision": precision, "progress": progress}
+            for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
+                                                                               "teacher_ceiling"))]
+    workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    if workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager, ctx.Pool(min(workers, len(jobs))) as pool:
+            lines = manager.Queue()
+            with relay(lines):
+                threads_each = max(1, threads // min(workers, len(jobs)))
+                done = pool.map(fit_teacher, [dict(j, threads=threads_each, lines=lines) for j in jobs])
+        print(f"(the two teachers trained side by side in {min(workers, len(jobs))} processes, "
+              f"{max(1, threads // min(workers, len(jobs)))} thread(s) each)", flush=True)
+    else:
+        done = [fit_teacher(j) for j in jobs]
+    results = {d["role"]: d for d in done}
+    entries = {role: d["entry"] for role, d in results.items()}
+    histories = {role: d["history"] for role, d in results.items()}
+    timings = {role: d["seconds"] for role, d in results.items()}
+    for role, d in results.items():
+        print(f"{role} ({teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
+              f"examples, {d['examples'] / d['train_seconds']:.0f}/s in training steps, {precision}), best epoch "
+              f"{d['best_step'] // per_epoch} of {teacher_epochs} (chosen on validation {selection_metric})",
               flush=True)
-    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision)
-    ceiling_model = load_model(run_dir / "models" / "teacher_ceiling", device)
-    c_logits = {s: predict_logits(ceiling_model, encoded[s], device=device, precision=precision)
-                for s in ("val", "test")}
+    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision,
+                                                 computed=results["teacher"]["logits"])
+    c_logits = results["ceiling"]["logits"]
     metrics, preds = record(run_dir, entries["teacher"], t_logits, labels, None, splits["test"]["id"])
     c_metrics, c_preds = record(run_dir, entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
     t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()

@@ -130,7 +130,7 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
     run_dir = Path(run_dir)
     gain = pd.read_csv(run_dir / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     gain["did_not_learn"] = gain["did_not_learn"].fillna("")
-    n_rows = gain[["model", "arm"]].drop_duplicates().shape[0]
+    n_rows = gain[["model", "arm", "against"]].drop_duplicates().shape[0]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.42 * n_rows + 1.9),
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -144,8 +144,9 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
             ax.errorbar(r["diff"], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=4,
                         mfc="white" if r["did_not_learn"] else color)
         ax.axvline(0, color="black", lw=1)
-        ax.set_yticks(y, [f"{m} · {a}" for m, a in zip(g["model"], g["arm"])], fontsize=8)
-        ax.set_title(f"{metric}: arm − independent")
+        ax.set_yticks(y, [f"{m} · {a}" + ("" if r == "independent" else f" vs {r}")
+                          for m, a, r in zip(g["model"], g["arm"], g["against"])], fontsize=8)
+        ax.set_title(f"{metric}: arm − reference (independent)")
         ax.set_xlabel("difference (unadjusted 95% CI)")
     if not gain.empty and not bool(gain["meaningful"].iloc[0]):
         fig.suptitle("Teacher collapsed: these differences are NOT meaningful", color="red")

@@ -106,6 +106,7 @@ def test_kd_gain_table_on_hand_made_predictions():
                           else ""} for m in ("independent", "distilled", "distilled_transfer") for s in (0, 1)])
     table = kd_gain_table(preds, ["S"], teacher, meaningful=True, n_boot=20, runs=runs)
     acc = table[table["metric"] == "accuracy"].set_index("arm")
+    assert set(table["against"]) == {"independent"}
     assert acc.loc["distilled", "diff"] == pytest.approx(0.25)
     assert acc.loc["distilled", "independent_mean"] == pytest.approx(0.5)
     assert acc.loc["distilled", "arm_mean"] == pytest.approx(0.75)

@@ -34,6 +34,9 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
     assert set(gain["model"]) == {"Smoke_Half_1x64", "Smoke_Tiny_1x32"}
     assert set(gain.loc[gain["model"] == "Smoke_Tiny_1x32", "arm"]) == {"distilled", "distilled_transfer",
                                                                         "pseudo_label_transfer"}
+    # the transfer arms are also compared with each other: same extra cases, soft vs hard targets
+    contrast = gain[gain["against"] == "pseudo_label_transfer"]
+    assert set(contrast["arm"]) == {"distilled_transfer"} and set(contrast["model"]) == set(gain["model"])
     assert {"p_value", "p_adjusted", "ci_half_width", "did_not_learn"} <= set(gain.columns)
     runs = pd.read_csv(r / "models" / "student_runs.csv", keep_default_na=False)
     assert {"steps", "train_examples", "train_seconds", "best_step", "lr", "precision"} <= set(runs.columns)

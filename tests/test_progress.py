@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
-from helpers.progress import Progress, ProgressCallback, clock_text, progress
+from helpers.progress import Progress, QueueFile, clock_text, progress, relay
 
 
 class FakeClock:
@@ -57,15 +56,15 @@ def test_unknown_total_and_the_callback_form():
     assert clock_text(3725) == "1:02:05"
 
 
-def test_trainer_callback_reports_steps():
-    out = io.StringIO()
-    cb = ProgressCallback("teacher steps", every=0, file=out)
-    state = SimpleNamespace(max_steps=4, global_step=0)
-    cb.on_train_begin(None, state, None)
-    for step in range(1, 5):
-        state.global_step = step
-        cb.on_step_end(None, state, None)
-    cb.on_train_end(None, state, None)
-    lines = out.getvalue().splitlines()
+def test_worker_lines_are_relayed_through_a_queue(capsys):
+    import queue
+
+    q = queue.Queue()
+    out = QueueFile(q)
+    with relay(q):
+        bar = Progress(4, "teacher steps", every=0, file=out)
+        for step in range(1, 5):
+            bar(step, 4)
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("teacher steps  1/4 [") and "left]" in lines[0]
     assert lines[-1].startswith("teacher steps  4/4 [done in") and len(lines) == 4
