@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= default
 
-.PHONY: help setup run smoke test test-slow benchmark lab clean
+.PHONY: help setup run smoke test test-slow benchmark bench-train lab clean
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -33,6 +33,9 @@ test-slow: $(STAMP)  ## also run the slow checks
 
 benchmark: $(STAMP)  ## time the seed's six architectures and print the ratios
 	$(PY) scripts/benchmark.py
+
+bench-train: $(STAMP)  ## training throughput: the suite's path vs a bare fp32 loop, per default model
+	$(PY) scripts/bench_train.py
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/

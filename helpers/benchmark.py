@@ -23,6 +23,7 @@ from .models import (PAPER_SPECS, REGISTRY, ModelSpec, build_model, checkpoint_s
 from .notebook_setup import pick_device
 from .progress import progress
 from .run_folder import save_figure as _save
+from .training import cpu_has_native_bf16
 
 BATCHES = (1, 32)
 TOKEN_RANGE = (1000, 30000)  # random ids away from the special tokens ([PAD]=0, [CLS]=101, ...)
@@ -307,7 +308,8 @@ def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: 
         timings = _time_architectures(models, variants, max_len, repeats, warmup, min(warmup, 2), dev)
         acc = variant_accuracy([(_entry_label(e), run_dir / e["path"]) for e in entries], data, max_len, dev,
                                batch_size)
-        env = {**environment(dev), "max_len": max_len, "repeats": repeats, "warmup": warmup,
+        env = {**environment(dev), "training_precision": index.get("precision", "fp32"),
+               "bf16_native_cpu": cpu_has_native_bf16(), "max_len": max_len, "repeats": repeats, "warmup": warmup,
                "timing": "interleaved round-robin over models and variants, one checkpoint per architecture"}
     teacher = index["teacher"]["name"]
     latency_rows, variant_rows = [], []

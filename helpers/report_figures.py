@@ -21,6 +21,9 @@ def pareto_front(latency: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return keep
 
 
+ARM_MARKERS = {"distilled": "o", "distilled_transfer": "s", "pseudo_label_transfer": "^"}
+
+
 def plot_pareto(summary: dict[str, Any], run_dir: str | Path | None = None,
                 name: str = "05_pareto.png") -> Figure:
     """Test accuracy (mean over seeds) vs latency at batch 32 (log x); bubble area = parameters; saved to figures/."""
@@ -40,9 +43,9 @@ def plot_pareto(summary: dict[str, Any], run_dir: str | Path | None = None,
             ax.scatter(x, y, s=s, marker="*", color="black", alpha=0.8, zorder=3)
             ax.annotate(f"teacher {e['name']}", (x, y), xytext=(8, 8), textcoords="offset points", fontsize=8)
             continue
-        filled = e["mode"] == "distilled"
+        filled = e["mode"] != "independent"
         ax.scatter(x, y, s=s, color=colours[e["name"]] if filled else "none", edgecolors=colours[e["name"]],
-                   linewidths=1.5, alpha=0.6 if filled else 1.0, zorder=3)
+                   linewidths=1.5, alpha=0.6 if filled else 1.0, zorder=3, marker=ARM_MARKERS.get(e["mode"], "o"))
     for n in students:
         ends = {e["mode"]: (x, y) for e, x, y in zip(models, lat, acc) if e["name"] == n}
         if "independent" in ends and "distilled" in ends and ends["independent"] != ends["distilled"]:
@@ -59,7 +62,10 @@ def plot_pareto(summary: dict[str, Any], run_dir: str | Path | None = None,
     majority = summary["data"]["baselines"]["majority"]["test"]["accuracy"]
     ax.axhline(majority, color="grey", lw=0.8, ls="-.", label=f"majority class ({majority:.3f})")
     ax.scatter([], [], s=60, color="none", edgecolors="grey", label="independent (hollow)")
-    ax.scatter([], [], s=60, color="grey", alpha=0.6, label="distilled (filled); arrow: independent → distilled")
+    for mode, marker in ARM_MARKERS.items():
+        if any(e["mode"] == mode for e in models):
+            ax.scatter([], [], s=60, color="grey", alpha=0.6, marker=marker,
+                       label=mode + ("; arrow: independent → distilled" if mode == "distilled" else ""))
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)

@@ -36,7 +36,7 @@ def kd_table(run_dir: str | Path) -> pd.DataFrame:
         "95% CI (unadjusted)": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(acc["ci_low"], acc["ci_high"])],
         "± half-width": acc["ci_half_width"].map("{:.3f}".format),
         "Holm p": acc["p_adjusted"].map(lambda p: "–" if pd.isna(p) else f"{p:.3g}"),
-        "verdict": acc["verdict"],
+        "verdict": acc["verdict"].str.split(":").str[0],  # the numbers are in the columns before
     })
 
 
@@ -83,13 +83,15 @@ def models_table(summary: dict[str, Any]) -> pd.DataFrame:
         fid = e["fidelity"] or {}
         rows.append({"model": e["name"], "mode": e["mode"], "shape": e["shape"], "params_m": e["params"] / 1e6,
                      "params_m_full_vocab": e["params_full_vocab"] / 1e6,
+                     "size_mb_full_vocab": None if e["size_mb"] is None else
+                     e["size_mb"] + (e["params_full_vocab"] - e["params"]) * 4 / 1e6,
                      "size_mb": e["size_mb"], "latency_ms_b1": e["latency_ms_b1"],
                      "latency_ms_b32": e["latency_ms_b32"], "speedup_vs_teacher": e["speedup_vs_teacher"],
                      "accuracy": _fmt_stat(e["accuracy"]), "macro_f1": _fmt_stat(e["macro_f1"]),
                      "auc": _fmt_stat(e["auc"]), "agreement": _fmt_stat(fid.get("agreement")),
                      "kl_to_teacher": _fmt_stat(fid.get("kl_to_teacher")),
                      "attribution_cosine": _fmt_interval(e["attribution_cosine"])})
-    return pd.DataFrame(rows).round({"params_m": 2, "params_m_full_vocab": 2, "size_mb": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
+    return pd.DataFrame(rows).round({"params_m": 2, "params_m_full_vocab": 2, "size_mb": 2, "size_mb_full_vocab": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
                                      "speedup_vs_teacher": 2})
 
 
