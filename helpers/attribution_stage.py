@@ -10,8 +10,15 @@ import pandas as pd
 import torch
 
 from . import agreement
-from .attribution import (DELTA_FLOOR, REPLACEMENT_IDS, encode_examples, explain, model_entries, select_examples,
-                          unit_scores)
+from .attribution import (
+    DELTA_FLOOR,
+    REPLACEMENT_IDS,
+    encode_examples,
+    explain,
+    model_entries,
+    select_examples,
+    unit_scores,
+)
 from .attribution_view import render_html
 from .models import load_model
 from .progress import progress

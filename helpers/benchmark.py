@@ -8,7 +8,7 @@ import platform
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,16 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .deployment import Deployed, deploy, variant_accuracy, variants_for
-from .models import (PAPER_SPECS, REGISTRY, ModelSpec, build_model, checkpoint_size_mb, count_params, load_model,
-                     load_spec)
+from .models import (
+    PAPER_SPECS,
+    REGISTRY,
+    ModelSpec,
+    build_model,
+    checkpoint_size_mb,
+    count_params,
+    load_model,
+    load_spec,
+)
 from .notebook_setup import pick_device
 from .progress import progress
 from .run_folder import save_figure as _save
@@ -102,7 +110,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def random_inputs(batch: int, max_len: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:

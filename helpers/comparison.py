@@ -47,7 +47,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
         ones = np.ones(len(labels), dtype=int)
         agr = paired_difference(agree_a, agree_b, ones, ones, "accuracy", n_boot=n_boot)
         rows.append({"model": model, "mode": mode, "seeds": len(seeds),
-                     "accuracy_a": float(np.mean((a >= 0.5) == labels)), "accuracy_b": float(np.mean((b >= 0.5) == labels)),
+                     "accuracy_a": float(np.mean((a >= 0.5) == labels)),
+                     "accuracy_b": float(np.mean((b >= 0.5) == labels)),
                      "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
                      "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
                      "agreement_ci_high": agr["ci_high"], "verdict_a": verdicts["a"].get((model, mode), ""),

@@ -154,7 +154,8 @@ def validate(params: dict[str, Any]) -> None:
     _check(params["selection_metric"] in ("accuracy", "macro_f1", "roc_auc"), "selection_metric",
            "must be accuracy, macro_f1 or roc_auc")
     _check(params["faithfulness_replacement"] in ("pad", "mask"), "faithfulness_replacement", "must be pad or mask")
-    _check(isinstance(params["model_overrides"], dict), "model_overrides", "must be a mapping {spec name: folder|random}")
+    _check(isinstance(params["model_overrides"], dict), "model_overrides",
+           "must be a mapping {spec name: folder|random}")
     _check(isinstance(params["recommend_tolerance"], num) and 0 <= params["recommend_tolerance"] < 1,
            "recommend_tolerance", "must be within [0, 1)")
     _check(isinstance(params["students"], list) and params["students"], "students", "must be a non-empty list")

@@ -1,4 +1,4 @@
-"""Load, clean, validate and split a JUSTICE-schema csv; score baselines; write run_dir/data/* and notebook-01 figures."""
+"""Load, clean, validate and split a JUSTICE-schema csv; score baselines; write run_dir/data/* and stage-01 figures."""
 from __future__ import annotations
 
 import html
@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from helpers.synthetic import generate_justice_csv, rationales_path
 from helpers.tokenization import get_tokenizer
+
 from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")

@@ -240,7 +240,7 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     if table.empty:
         return table
     table["p_adjusted"] = np.nan
-    for metric, g in table.groupby("metric"):
+    for _, g in table.groupby("metric"):
         usable = g[(g["did_not_learn"] == "") & g["meaningful"]]
         table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
     table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2

@@ -15,8 +15,18 @@ from . import data as data_mod
 from .evaluation import classification_metrics, kd_gain_table
 from .models import build_model, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, write_csv, write_index, write_json
-from .teacher import SPLITS, TRANSFER, encode_splits, index_entry, load_cases, load_teacher_logits, record, \
-    replace_student_rows, teacher_predictions, teacher_summary
+from .teacher import (
+    SPLITS,
+    TRANSFER,
+    encode_splits,
+    index_entry,
+    load_cases,
+    load_teacher_logits,
+    record,
+    replace_student_rows,
+    teacher_predictions,
+    teacher_summary,
+)
 from .training import ARMS, TRANSFER_ARMS, CaseDataset, TrainConfig, predict_logits, resolve_precision, train
 
 

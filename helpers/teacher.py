@@ -13,8 +13,8 @@ from safetensors.numpy import load_file, save_file
 from . import data as data_mod
 from .evaluation import classification_metrics, is_collapsed, softmax
 from .models import build_model, count_params, full_vocabulary_params, get_spec, load_model, save_model
-from .run_folder import read_index, read_json, replace_rows, run_path, write_csv, write_index, write_json
 from .progress import Progress
+from .run_folder import read_index, read_json, replace_rows, run_path, write_csv, write_index, write_json
 from .training import CaseDataset, TrainConfig, encode, predict_logits, resolve_precision, train
 
 SPLITS = ("train", "val", "test")
@@ -95,7 +95,8 @@ def record(run_dir: str | Path, entry: dict[str, Any], logits: dict[str, np.ndar
     """Metrics rows (val, test) and test-prediction rows for one checkpoint."""
     rows = []
     for split in ("val", "test"):
-        m = classification_metrics(logits[split], labels[split], None if teacher_logits is None else teacher_logits[split])
+        reference = None if teacher_logits is None else teacher_logits[split]
+        m = classification_metrics(logits[split], labels[split], reference)
         rows.append({"model": entry["name"], "role": entry["role"], "mode": entry["mode"], "seed": entry["seed"],
                      "split": split, **m, "params": entry["params"],
                      "non_embedding_params": entry["non_embedding_params"]})

@@ -175,8 +175,8 @@ def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 
         ax.bar(x + 0.2, [p[1] for p in probs], 0.4, label="first party wins")
         ax.set_xticks(x, [f"T={t}" for t in temperatures])
         ax.set_ylim(0, 1)
-        ax.set_title(f"case {c['id']} (label {int(c['label'])})\nhard label: [{1 - int(c['label'])}, {int(c['label'])}]",
-                     fontsize=9)
+        label = int(c["label"])
+        ax.set_title(f"case {c['id']} (label {label})\nhard label: [{1 - label}, {label}]", fontsize=9)
     axes[0][0].set_ylabel("teacher probability")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Soft targets: higher T spreads the teacher's probability mass (the 'dark knowledge')")

@@ -234,7 +234,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
                                                     .read_text().splitlines()) for c in r["cues"]}
     for rec in lines:
         assert 0 < rec["rule_prob"] < 1
-        for start, end, cue in rec["spans"]:
+        for start, end, _cue in rec["spans"]:
             assert (int(rec["id"]), texts[rec["id"]][start:end]) in phrases
 
 

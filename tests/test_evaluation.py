@@ -6,8 +6,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from helpers.evaluation import (_metric_from_probs, classification_metrics, expected_calibration_error, holm,
-                                is_collapsed, kd_gain_table, paired_difference, verdict)
+from helpers.evaluation import (
+    _metric_from_probs,
+    classification_metrics,
+    expected_calibration_error,
+    holm,
+    is_collapsed,
+    kd_gain_table,
+    paired_difference,
+    verdict,
+)
 
 
 def test_fast_metrics_equal_sklearn():

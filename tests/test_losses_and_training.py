@@ -9,8 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from helpers.models import REGISTRY, build_model
-from helpers.training import (ARMS, CaseDataset, TrainConfig, _arm_loss, autocast, batch_order, collate,
-                              distillation_loss, encode, predict_logits, resolve_precision, train)
+from helpers.training import (
+    ARMS,
+    CaseDataset,
+    TrainConfig,
+    _arm_loss,
+    autocast,
+    batch_order,
+    collate,
+    distillation_loss,
+    encode,
+    predict_logits,
+    resolve_precision,
+    train,
+)
 
 
 def _hand_kd(s, t, y, alpha, T, labelled=None):

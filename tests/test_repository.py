@@ -26,7 +26,7 @@ def test_notebook_is_committed_clean_and_thin(stage):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{stage.path.name} has outputs"
-            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.startswith("%")))
+            tree = ast.parse("\n".join(line for line in cell.source.splitlines() if not line.startswith("%")))
             assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], \
                 f"{stage.path.name} defines a function: it belongs in helpers/"
             assert "sys.path" not in cell.source
