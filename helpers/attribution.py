@@ -18,6 +18,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from safetensors.torch import load_file, save_file
 
+from .run_folder import file_hash
 from .tokenization import get_tokenizer
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
@@ -151,18 +152,9 @@ def unit_scores(token_scores: np.ndarray, units: list[list[int]]) -> np.ndarray:
     return s / norm if norm > 0 else s
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(checkpoint: Path, ids: list[str], targets: torch.Tensor, ig_steps: int, max_len: int) -> str:
     """What a model's cached attributions depend on: weights, examples, explained classes, steps, max_len."""
-    payload = json.dumps({"weights": file_digest(checkpoint / "model.safetensors"), "ids": list(map(str, ids)),
+    payload = json.dumps({"weights": file_hash(checkpoint / "model.safetensors"), "ids": list(map(str, ids)),
                           "targets": targets.tolist(), "ig_steps": ig_steps, "max_len": max_len})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

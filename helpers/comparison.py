@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checkpoints import teacher_predictions
 from .evaluation import paired_difference
 from .run_folder import read_json
-from .teacher import teacher_predictions
 
 
 def _wide(run_dir: Path) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from helpers.tokenization import get_tokenizer
 from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
+TRANSFER = "transfer"  # key of the unlabelled transfer pool next to the splits (see load_cases)
 REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")
 TEMPLATE_FIELDS = ("first_party", "second_party", "facts", "term", "issue_area", "name")
 LEAKING_COLUMNS = ("majority_vote", "minority_vote", "decision_type", "disposition", "first_party_winner")
@@ -480,6 +481,15 @@ def load_splits(run_dir: str | Path) -> dict[str, pd.DataFrame]:
               "issue_area": str, "term": str, "n_words": int, "n_tokens": int}
     return {s: pd.read_csv(Path(run_dir) / "data" / f"{s}.csv", dtype=dtypes, keep_default_na=False)
             for s in SPLITS}
+
+
+def load_cases(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The labelled splits plus, when the run has one, the unlabelled transfer pool under TRANSFER."""
+    cases = load_splits(run_dir)
+    transfer = load_transfer(run_dir)
+    if transfer is not None:
+        cases[TRANSFER] = transfer
+    return cases
 
 
 def load_data_card(run_dir: str | Path) -> dict:

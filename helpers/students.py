@@ -12,22 +12,22 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
+from .checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
+from .data import SPLITS, TRANSFER, load_cases
 from .evaluation import classification_metrics, kd_gain_table
 from .models import build_model, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, write_csv, write_index, write_json
-from .teacher import (
-    SPLITS,
-    TRANSFER,
+from .teacher_logits import load_teacher_logits
+from .training import (
+    ARMS,
+    TRANSFER_ARMS,
+    CaseDataset,
+    TrainConfig,
     encode_splits,
-    index_entry,
-    load_cases,
-    load_teacher_logits,
-    record,
-    replace_student_rows,
-    teacher_predictions,
-    teacher_summary,
+    predict_logits,
+    resolve_precision,
+    train,
 )
-from .training import ARMS, TRANSFER_ARMS, CaseDataset, TrainConfig, predict_logits, resolve_precision, train
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     entries, metric_frames, pred_frames, runs = [], [], [], []
     test_ids = load_cases(run_dir)["test"]["id"]
     for f in finals:
-        metrics, preds = record(run_dir, f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
+        metrics, preds = record(f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
                                 shared.labels, shared.t_logits, test_ids)
         entries.append(f["entry"])
         metric_frames.append(metrics)

@@ -103,6 +103,11 @@ def encode(texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
     return [{"input_ids": ids, "attention_mask": m} for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
 
 
+def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, list[dict[str, list[int]]]]:
+    """Tokenise every split (a frame with a `text` column) once."""
+    return {name: encode(df["text"].tolist(), max_len) for name, df in splits.items()}
+
+
 class CaseDataset(Dataset):
     """Pre-tokenised cases with labels (-1 = unlabelled) and, optionally, cached teacher logits."""
 

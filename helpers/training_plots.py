@@ -11,10 +11,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from . import data as data_mod
+from .checkpoints import teacher_summary
+from .data import load_cases
 from .evaluation import softmax
 from .run_folder import read_index
 from .run_folder import save_figure as _save
-from .teacher import load_cases, load_teacher_logits, teacher_summary
+from .teacher_logits import load_teacher_logits
 
 
 def _histories(run_dir: Path, entries: list[dict]) -> pd.DataFrame:
