@@ -128,9 +128,3 @@ def _displayable(html: str):
         return html
     return HTML(html)
 
-
-def load_summary(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Stage 04's tables for the report: summary, kd_diff, timing and examples."""
-    folder = Path(run_dir) / "attributions"
-    return {name: pd.read_csv(folder / f"{name}.csv", dtype={"id": str} if name == "examples" else None)
-            for name in ("summary", "kd_diff", "timing", "examples")}

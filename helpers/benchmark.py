@@ -258,28 +258,6 @@ def _variant_timing_rows(arch: str, timings: Mapping[tuple[str, str, int], Timin
                 "speedup_vs_fp32": fp32.median_ms / timings[(arch, v, 32)].median_ms} for v in variants}
 
 
-def evaluate_variants(checkpoints: Sequence[tuple[str, str | Path]], data: pd.DataFrame, max_len: int,
-                      repeats: int = 20, warmup: int = 3, threads: int = 2, device: str | torch.device = "cpu",
-                      batch_size: int = 32) -> pd.DataFrame:
-    """Per (label, checkpoint folder) and variant: latency at batch 32, speed-up vs fp32, accuracy on `data`."""
-    dev = resolve_device(device)
-    variants = variants_for(dev)
-    archs = {label: _architecture(Path(folder)) for label, folder in checkpoints}
-    with pinned_threads(threads):
-        # One checkpoint per architecture is timed: the weights' values do not change a forward pass's cost.
-        first = {}
-        for label, folder in checkpoints:
-            first.setdefault(archs[label], folder)
-        models = {arch: load_model(folder) for arch, folder in first.items()}
-        timings = _time_architectures(models, variants, max_len, repeats, warmup, warmup, dev)
-        acc = variant_accuracy(checkpoints, data, max_len, dev, batch_size)
-    timing = {arch: _variant_timing_rows(arch, timings, variants) for arch in models}
-    acc = acc.assign(**{c: [timing[archs[lab]][v][c] for lab, v in zip(acc["label"], acc["variant"])]
-                        for c in ("latency_ms_b32", "latency_ms_b32_iqr", "speedup_vs_fp32")})
-    return acc[["label", "variant", "latency_ms_b32", "latency_ms_b32_iqr", "speedup_vs_fp32", "accuracy",
-                "accuracy_change", "agreement_with_fp32"]]
-
-
 def _entry_label(entry: Mapping) -> str:
     return f"{entry['name']}/{entry['mode']}/seed{entry['seed']}"
 

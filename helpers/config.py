@@ -171,11 +171,6 @@ def validate(params: dict[str, Any]) -> None:
     _check(params["max_len"] >= 8, "max_len", "must be at least 8 tokens")
 
 
-def notebook_parameters(params: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The subset of `params` a notebook declares in its parameters cell."""
-    return {k: params[k] for k in names if k in params}
-
-
 def write_params(params: dict[str, Any], path: str | Path) -> None:
     """Write the resolved parameters as YAML."""
     Path(path).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

@@ -7,7 +7,6 @@ from scipy.stats import norm, rankdata
 from scipy.stats import t as student_t
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-METRICS = ("accuracy", "macro_f1", "roc_auc", "ece", "agreement", "kl_to_teacher")
 GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
 
 

