@@ -18,7 +18,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from safetensors.torch import load_file, save_file
 
-from .run_folder import file_hash
+from .run_folder import file_hash, read_index
 from .tokenization import get_tokenizer
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
@@ -187,7 +187,7 @@ def explain(model, checkpoint: Path, examples: Examples, targets: torch.Tensor, 
 def model_entries(run_dir: Path, attribution_seeds: list[int]) -> list[dict]:
     """Teacher, ceiling teacher and students (seeds in attribution_seeds) from models.json, with a cache tag;
     entries whose checkpoint is missing are skipped with a printed note."""
-    index = json.loads((run_dir / "models" / "models.json").read_text())
+    index = read_index(run_dir)
     entries = [dict(index["teacher"], tag="teacher", mode="teacher")]
     if index.get("teacher_ceiling"):
         entries.append(dict(index["teacher_ceiling"], tag="teacher_ceiling", mode="ceiling"))

@@ -30,6 +30,7 @@ from .models import (
 )
 from .notebook_setup import pick_device
 from .progress import progress
+from .run_folder import read_index
 from .run_folder import save_figure as _save
 
 BATCHES = (1, 32)
@@ -271,10 +272,7 @@ def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: 
     The deployment variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
     """
     run_dir = Path(run_dir)
-    index_path = run_dir / "models" / "models.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path} not found: run notebooks 02 and 03 first")
-    index = json.loads(index_path.read_text())
+    index = read_index(run_dir)
     students = [s for s in index.get("students", []) if int(s["seed"]) in set(seeds)]
     if not students:
         raise ValueError(f"models.json lists no student with seed in {list(seeds)}")

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_MAX_LEN = 8  # fewest WordPiece tokens per case: [CLS], [SEP] and a few words (data.prepare and validate)
 PROFILES_DIR = REPO_ROOT / "profiles"
 
 
@@ -168,7 +169,7 @@ def validate(params: dict[str, Any]) -> None:
     for name in names:
         limit = REGISTRY[name].max_positions
         _check(params["max_len"] <= limit, "max_len", f"{params['max_len']} exceeds {name}'s position limit {limit}")
-    _check(params["max_len"] >= 8, "max_len", "must be at least 8 tokens")
+    _check(params["max_len"] >= MIN_MAX_LEN, "max_len", f"must be at least {MIN_MAX_LEN} tokens")
 
 
 def write_params(params: dict[str, Any], path: str | Path) -> None:

@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from helpers.synthetic import generate_justice_csv, rationales_path
 from helpers.tokenization import get_tokenizer
 
+from .config import MIN_MAX_LEN
 from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
@@ -78,8 +79,8 @@ def _check_params(val_frac: float, test_frac: float, max_len: int) -> None:
             raise ValueError(f"{name} must be in (0, 1), got {frac}")
     if val_frac + test_frac >= 1:
         raise ValueError(f"val_frac + test_frac must be below 1 to leave training cases, got {val_frac + test_frac}")
-    if int(max_len) < 3:
-        raise ValueError(f"max_len must be at least 3 tokens, got {max_len}")
+    if int(max_len) < MIN_MAX_LEN:
+        raise ValueError(f"max_len must be at least {MIN_MAX_LEN} tokens, got {max_len}")
 
 
 def read_justice_csv(path: Path) -> pd.DataFrame:

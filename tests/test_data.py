@@ -139,6 +139,17 @@ def test_invalid_split_fractions_are_refused(tmp_path, kwargs):
     assert not (tmp_path / "r").exists()
 
 
+def test_prepare_and_the_profile_validator_share_one_max_len_bound(tmp_path):
+    from helpers.config import MIN_MAX_LEN, ConfigError, resolve
+
+    good = str(write_cases(tmp_path / "good.csv"))
+    with pytest.raises(ValueError, match=f"max_len must be at least {MIN_MAX_LEN}"):
+        data.prepare(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1)
+    with pytest.raises(ConfigError, match="max_len"):
+        resolve("smoke", overrides=[("max_len", str(MIN_MAX_LEN - 1))])
+    assert not (tmp_path / "r").exists()
+
+
 def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
     extra = [{"ID": 999, "first_party": "", "second_party": "", "facts": "<p>Party names unknown here.</p>",
               "first_party_winner": "FALSE", "issue_area": "Privacy"}]
