@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .evaluation import classification_metrics, softmax
+from .evaluation import classification_metrics, predicted_class, softmax
 from .models import count_params, full_vocabulary_params, get_spec
 from .run_folder import read_index, read_json, replace_rows
 
@@ -52,4 +52,5 @@ def teacher_predictions(run_dir: str | Path) -> pd.Series:
     index = read_index(run_dir)
     preds = pd.read_csv(Path(run_dir) / "models" / "predictions.csv", dtype={"id": str})
     t = preds[(preds["model"] == index["teacher"]["name"]) & (preds["mode"] == "teacher")]
-    return (t.set_index("id")["prob_1"] >= 0.5).astype(int)
+    prob_1 = t.set_index("id")["prob_1"]
+    return pd.Series(predicted_class(prob_1.to_numpy()), index=prob_1.index, name="prob_1")

@@ -16,12 +16,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from helpers.synthetic import generate_justice_csv, rationales_path
 from helpers.tokenization import get_tokenizer
 
 from .config import MIN_MAX_LEN
+from .evaluation import safe_auc
 from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
@@ -173,9 +174,11 @@ def stratified_group_split(labels: pd.Series, groups: pd.Series, val_frac: float
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None) -> dict:
+    """accuracy, macro-F1 and ROC-AUC (of `score`, else of the hard predictions: 0.5 for a constant predictor;
+    NaN, written as null, when the split holds one class), computed as for the models (evaluation.safe_auc)."""
     return {"accuracy": float(accuracy_score(y, pred)),
             "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-            "roc_auc": 0.5 if score is None else float(roc_auc_score(y, score))}
+            "roc_auc": safe_auc(y, pred if score is None else score)}
 
 
 def _tfidf_logreg(splits: dict[str, pd.DataFrame]) -> tuple[dict, float]:
@@ -213,7 +216,7 @@ def baselines(splits: dict[str, pd.DataFrame]) -> dict:
 
 def _round(obj: object) -> object:
     if isinstance(obj, float):
-        return round(obj, 4)
+        return round(obj, 4) if math.isfinite(obj) else None  # JSON has no NaN: undefined is null
     if isinstance(obj, dict):
         return {k: _round(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .evaluation import predicted_class
 from .models import load_model
 from .tokenization import get_tokenizer
 
@@ -87,7 +88,7 @@ def variant_accuracy(checkpoints: Sequence[tuple[str, str | Path]], data: pd.Dat
     rows = []
     for label, folder in checkpoints:
         model = load_model(folder)
-        preds = {v: (predict_proba(deploy(model, v, device), encodings, batch_size) >= 0.5).astype(int)
+        preds = {v: predicted_class(predict_proba(deploy(model, v, device), encodings, batch_size))
                  for v in variants_for(device)}  # fp32 first: deploy() may move the model, never change it
         base_acc = float((preds["fp32"] == labels).mean())
         for variant, pred in preds.items():

@@ -403,6 +403,10 @@ def widths_text(widths: pd.DataFrame) -> str:
     return ", ".join(f"{m} {a} ±{w:.3f}" for m, a, w in zip(widths["model"], widths["arm"], widths["ci_half_width"]))
 
 
+def _fmt3(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"  # None: undefined (an AUC on a one-class split)
+
+
 def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     """Per model x mode: params and metrics as mean ± std over seeds (teacher rows first)."""
     m = pd.read_csv(Path(run_dir) / "models" / "metrics.csv")
@@ -417,7 +421,7 @@ def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
         out[c] = [f"{a:.3f} ± {s:.3f}" if n > 1 else f"{a:.3f}" for a, s, n in zip(mean[c], std[c], out["seeds"])]
     out = out.reset_index()
     baselines = data_mod.load_data_card(run_dir)["baselines"]
-    rows = [{"model": label, "mode": "baseline", **{c: f"{baselines[key][split][src]:.3f}" for c, src in
+    rows = [{"model": label, "mode": "baseline", **{c: _fmt3(baselines[key][split][src]) for c, src in
                                                      (("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
                                                       ("roc_auc", "roc_auc"))}}
             for key, label in (("majority", "majority class"), ("tfidf_logreg", "TF-IDF + logistic regression"))]

@@ -13,7 +13,7 @@ from sklearn.metrics import confusion_matrix
 from . import data as data_mod
 from .checkpoints import teacher_summary
 from .data import load_cases
-from .evaluation import softmax
+from .evaluation import predicted_class, softmax
 from .run_folder import read_index
 from .run_folder import save_figure as _save
 from .teacher_logits import load_teacher_logits
@@ -52,7 +52,7 @@ def plot_confusion(run_dir: str | Path) -> Figure:
     idx = read_index(run_dir)
     preds = pd.read_csv(run_dir / "models" / "predictions.csv")
     t = preds[(preds["model"] == idx["teacher"]["name"]) & (preds["mode"] == "teacher")]
-    cm = confusion_matrix(t["label"], (t["prob_1"] >= 0.5).astype(int), labels=[0, 1])
+    cm = confusion_matrix(t["label"], predicted_class(t["prob_1"]), labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
                 xticklabels=["second party", "first party"], yticklabels=["second party", "first party"])
