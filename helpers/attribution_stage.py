@@ -46,11 +46,20 @@ def predict(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_
     return torch.cat(out).argmax(dim=-1)
 
 
-def run_attribution_stage(run_dir: str | Path, device: str | torch.device, max_len: int, ig_examples: int,
+def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, max_len: int, ig_examples: int,
                           ig_steps: int, ig_internal_batch_size: int, ig_delta_threshold: float, topk: int,
                           attribution_seeds: list[int], aggregate_words: bool, faithfulness_replacement: str,
                           bootstrap_n: int, seed: int = 0) -> dict:
-    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables."""
+    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables.
+
+    Args:
+        ig_examples: stratified test cases explained (the same cases for every model, chosen with `seed`).
+        ig_internal_batch_size: IG steps per forward pass, per example.
+        ig_delta_threshold: flag an example whose |convergence delta| exceeds this share of the logit change.
+        topk: k of the top-k overlap and of rationale recall.
+        attribution_seeds: the student seeds explained (the teachers are always explained).
+        faithfulness_replacement: pad | mask, the token that removes tokens in comprehensiveness/sufficiency.
+    """
     if faithfulness_replacement not in REPLACEMENT_IDS:
         raise ValueError(f"faithfulness_replacement={faithfulness_replacement!r}: expected 'pad' or 'mask'")
     run, device = Path(run_dir), torch.device(device)

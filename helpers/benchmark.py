@@ -263,13 +263,18 @@ def _entry_label(entry: Mapping) -> str:
     return f"{entry['name']}/{entry['mode']}/seed{entry['seed']}"
 
 
-def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
+def benchmark_run(run_dir: str | Path, *, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
                   device: str | torch.device = "auto", seeds: Sequence[int] = (0,), paper_benchmark: bool = True,
                   split: str = "test", batch_size: int = 32, paper: Sequence[ModelSpec] | None = None,
                   write: bool = True, max_cases: int = 0) -> BenchmarkResult:
     """Benchmark the run's teacher and students (given seeds) and their variants; write `benchmark/`.
 
-    The deployment variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+    Args:
+        repeats, warmup: timed and untimed forward passes per latency figure (batch 1 and batch 32).
+        seeds: the student seeds whose checkpoints are timed and get deployment variants.
+        paper_benchmark: also time the seed's six architectures (`paper`, default the registry's paper specs).
+        max_cases: the variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+        write: write benchmark/*.csv and environment.json (False: return the tables only).
     """
     run_dir = Path(run_dir)
     index = read_index(run_dir)

@@ -361,9 +361,9 @@ def _sizes_as_fractions(n: int, val_n: int, test_n: int, val_frac: float, test_f
     return (val_n / n if val_n else val_frac), (test_n / n if test_n else test_frac)
 
 
-def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
+def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
             text_template: str = "{first_party} v. {second_party}. {facts}", val_frac: float = 0.2,
-            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, *, val_n: int = 0, test_n: int = 0,
+            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, val_n: int = 0, test_n: int = 0,
             transfer_path: str = "", synthetic_transfer_n: int = 0) -> dict:
     """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card.
 

@@ -54,3 +54,15 @@ def test_environment_yml_lists_the_same_pins_as_pyproject():
     assert set(pip) - {"-e ."} == pins
     assert all("==" in p for p in pins), "every dependency pinned exactly"
     assert "torch==2.13.0" in pins
+
+
+def test_stage_functions_take_everything_after_run_dir_by_keyword():
+    import inspect
+
+    from helpers import attribution_stage, benchmark, data, students, teacher
+
+    for fn in (data.prepare, teacher.run_teacher_stage, students.run_student_stage,
+               attribution_stage.run_attribution_stage, benchmark.benchmark_run):
+        first, *rest = inspect.signature(fn).parameters.values()
+        assert first.name == "run_dir", fn.__name__
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), fn.__name__
