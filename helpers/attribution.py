@@ -19,7 +19,7 @@ from captum.attr import LayerIntegratedGradients
 from safetensors.torch import load_file, save_file
 
 from .run_folder import file_hash, read_index
-from .tokenization import get_tokenizer
+from .tokenization import get_tokenizer, tokenize
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
 REPLACEMENT_IDS = {"pad": PAD, "mask": MASK}
@@ -78,8 +78,7 @@ def token_units(input_ids: list[int], tokens: list[str], aggregate_words: bool) 
 def encode_examples(frame: pd.DataFrame, max_len: int, aggregate_words: bool) -> Examples:
     """Tokenise the examples (truncated at max_len) with character offsets and their compared units."""
     tok = get_tokenizer()
-    enc = tok(list(frame["text"]), truncation=True, max_length=max_len, padding="longest",
-              return_offsets_mapping=True, return_tensors="np")
+    enc = tokenize(frame["text"], max_len, padding="longest", return_offsets_mapping=True, return_tensors="np")
     units, unit_text = [], []
     for ids in enc["input_ids"]:
         tokens = tok.convert_ids_to_tokens(ids.tolist())

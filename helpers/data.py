@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from helpers.synthetic import generate_justice_csv, rationales_path
-from helpers.tokenization import get_tokenizer
+from helpers.tokenization import get_tokenizer, tokenize
 
 from .config import MIN_MAX_LEN
 from .evaluation import safe_auc
@@ -331,7 +331,7 @@ def write_vocabulary(folder: Path, texts: list[str], max_len: int) -> list[int]:
     """Wordpiece ids the run's texts use within max_len (+ specials) -> folder/vocab.json."""
     from .models import vocabulary_ids  # local import: the data stage itself needs no model code
 
-    ids = vocabulary_ids(get_tokenizer()(texts, truncation=True, max_length=max_len, verbose=False)["input_ids"])
+    ids = vocabulary_ids(tokenize(texts, max_len, verbose=False)["input_ids"])
     (folder / "vocab.json").write_text(json.dumps({"max_len": int(max_len), "n": len(ids), "ids": ids}) + "\n",
                                        encoding="utf-8")
     return ids

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from helpers import benchmark
-from helpers.deployment import deploy, encode_texts
+from helpers.deployment import deploy
 from helpers.models import PAPER_SPECS, REGISTRY, build_model, count_params, save_model
+from helpers.training import collate, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -137,7 +138,7 @@ def test_paper_table_measured_vs_claimed(smoke_models):
 
 def test_deploy_variants_leave_the_model_alone(smoke_models):
     model = smoke_models["Smoke_Teacher_2x64"]
-    enc = encode_texts(["the court held for the petitioner", "appeal dismissed"], max_len=16)
+    enc = collate(encode(["the court held for the petitioner", "appeal dismissed"], max_len=16))
     fp32 = deploy(model, "fp32", CPU)(**enc)
     int8 = deploy(model, "int8", CPU)
     assert not any(type(m) is nn.Linear for m in int8.model.modules())
