@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= default
 
-.PHONY: help setup run smoke lint test test-slow benchmark lab clean
+.PHONY: help setup run smoke lint test benchmark lab clean
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -31,9 +31,6 @@ test: $(STAMP)  ## lint (ruff), then run the test suite (unit tests + the smoke 
 
 lint: $(STAMP)  ## check style and common bugs with ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
-
-test-slow: $(STAMP)  ## also run the slow checks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --runslow
 
 benchmark: $(STAMP)  ## time the seed's six architectures and print the ratios
 	$(PY) scripts/benchmark.py

@@ -1,6 +1,7 @@
 """Benchmark and deployment helpers, and scripts/benchmark.py, on tiny models with a handful of repeats."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import subprocess
@@ -18,7 +19,7 @@ from torch import nn
 from helpers import benchmark
 from helpers.deployment import deploy
 from helpers.models import PAPER_SPECS, REGISTRY, build_model, count_params, save_model
-from helpers.training import collate, encode
+from helpers.training import collate, encode, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -134,6 +135,20 @@ def test_paper_table_measured_vs_claimed(smoke_models):
         assert row.params_m == total / 1e6 and row.non_embedding_params_m == non_emb / 1e6
     assert paper.loc[0, "speedup_b32"] == 1.0 and paper.loc[0, "note"] == ""
     assert "claimed 500M" in paper.loc[1, "note"]
+
+
+@pytest.mark.gpu
+def test_cuda_variants_agree_with_fp32(smoke_models):
+    cuda = torch.device("cuda")
+    model = copy.deepcopy(smoke_models["Smoke_Teacher_2x64"])  # deploy() moves the model: keep the fixture's
+    enc = collate(encode(["the court held for the petitioner", "appeal dismissed"], max_len=16))
+    fp32 = deploy(model, "fp32", cuda)(**{k: v.to(cuda) for k, v in enc.items()})
+    assert fp32.device.type == "cuda"
+    for variant in ("bf16", "fp16"):
+        out = predict_logits(deploy(model, variant, cuda), enc, device=cuda)
+        np.testing.assert_allclose(out, fp32.cpu().numpy(), atol=0.05)
+    with pytest.raises(ValueError, match="int8"):
+        deploy(model, "int8", cuda)
 
 
 def test_deploy_variants_leave_the_model_alone(smoke_models):
