@@ -304,3 +304,24 @@ def test_transfer_csv_labels_are_ignored_and_sizes_too_large_are_refused(tmp_pat
     with pytest.raises(data.DataError, match="val_n"):
         data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
     assert not (tmp_path / "run2" / "data").exists()
+
+
+def test_a_near_duplicate_group_with_both_labels_stays_in_one_split():
+    # 60 single-case groups per label plus 12 groups holding cases of both labels (conflicting duplicates)
+    labels, groups = [], []
+    for c in (0, 1):
+        for i in range(60):
+            labels.append(c)
+            groups.append(f"solo-{c}-{i}")
+    for g in range(12):
+        for c in (0, 1, g % 2):
+            labels.append(c)
+            groups.append(f"mixed-{g}")
+    labels, groups = pd.Series(labels), pd.Series(groups)
+    for seed in range(5):
+        split = data.stratified_group_split(labels, groups, val_frac=0.2, test_frac=0.2, seed=seed)
+        assert split.notna().all() and set(split) == {"train", "val", "test"}
+        per_group = split.groupby(groups).nunique()
+        assert (per_group == 1).all(), per_group[per_group > 1]
+        for name in ("train", "val", "test"):
+            assert set(labels[split == name]) == {0, 1}
