@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= default
 
-.PHONY: help setup run smoke test test-slow benchmark bench-train lab clean
+.PHONY: help setup run smoke lint test benchmark bench-train lab clean
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -25,11 +25,12 @@ run: $(STAMP)  ## run the whole suite on the default profile (offline) into runs
 smoke: $(STAMP)  ## run the whole suite on the tiny smoke profile into runs/smoke/
 	HF_HUB_OFFLINE=1 $(PY) -m helpers run --profile smoke
 
-test: $(STAMP)  ## run the test suite (unit tests + the smoke pipeline 01->05)
+test: $(STAMP)  ## lint (ruff), then run the test suite (unit tests + the smoke pipeline 01->05)
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-slow: $(STAMP)  ## also run the slow checks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --runslow
+lint: $(STAMP)  ## check style and common bugs with ruff (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 benchmark: $(STAMP)  ## time the seed's six architectures and print the ratios
 	$(PY) scripts/benchmark.py

@@ -15,7 +15,8 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         src = s.add_mutually_exclusive_group()
         src.add_argument("--profile", default="default", help="profile name (profiles/NAME.yaml); default: default")
-        src.add_argument("-f", "--file", dest="param_file", help="a YAML parameter file layered over the default profile")
+        src.add_argument("-f", "--file", dest="param_file",
+                         help="a YAML parameter file layered over the default profile")
         s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                        help="override one parameter (lists: a,b,c)" if name == "run" else
                        "a swept parameter and its comma-separated values")

@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from .training import predict_logits
+
 AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
 FAITHFULNESS_METRICS = ["comprehensiveness", "sufficiency", "rationale_recall"]
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -139,12 +141,10 @@ def faithfulness(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, u
 
 
 def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, batch_size: int) -> np.ndarray:
-    out = []
-    for start in range(0, len(ids), batch_size):
-        logits = model(input_ids=ids[start:start + batch_size], attention_mask=mask[start:start + batch_size]).logits
-        p = torch.softmax(logits.float(), dim=-1)
-        out.append(p.gather(1, targets[start:start + batch_size, None])[:, 0].cpu())
-    return torch.cat(out).numpy()
+    """Probability of each example's target class."""
+    logits = predict_logits(model, {"input_ids": ids, "attention_mask": mask}, batch_size, device=ids.device)
+    p = torch.softmax(torch.from_numpy(logits), dim=-1)
+    return p.gather(1, targets.cpu()[:, None])[:, 0].numpy()
 
 
 def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:

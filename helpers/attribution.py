@@ -18,7 +18,8 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from safetensors.torch import load_file, save_file
 
-from .tokenization import get_tokenizer
+from .run_folder import file_hash, read_index
+from .tokenization import get_tokenizer, tokenize
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
 REPLACEMENT_IDS = {"pad": PAD, "mask": MASK}
@@ -77,8 +78,7 @@ def token_units(input_ids: list[int], tokens: list[str], aggregate_words: bool) 
 def encode_examples(frame: pd.DataFrame, max_len: int, aggregate_words: bool) -> Examples:
     """Tokenise the examples (truncated at max_len) with character offsets and their compared units."""
     tok = get_tokenizer()
-    enc = tok(list(frame["text"]), truncation=True, max_length=max_len, padding="longest",
-              return_offsets_mapping=True, return_tensors="np")
+    enc = tokenize(frame["text"], max_len, padding="longest", return_offsets_mapping=True, return_tensors="np")
     units, unit_text = [], []
     for ids in enc["input_ids"]:
         tokens = tok.convert_ids_to_tokens(ids.tolist())
@@ -151,18 +151,9 @@ def unit_scores(token_scores: np.ndarray, units: list[list[int]]) -> np.ndarray:
     return s / norm if norm > 0 else s
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(checkpoint: Path, ids: list[str], targets: torch.Tensor, ig_steps: int, max_len: int) -> str:
     """What a model's cached attributions depend on: weights, examples, explained classes, steps, max_len."""
-    payload = json.dumps({"weights": file_digest(checkpoint / "model.safetensors"), "ids": list(map(str, ids)),
+    payload = json.dumps({"weights": file_hash(checkpoint / "model.safetensors"), "ids": list(map(str, ids)),
                           "targets": targets.tolist(), "ig_steps": ig_steps, "max_len": max_len})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -195,7 +186,7 @@ def explain(model, checkpoint: Path, examples: Examples, targets: torch.Tensor, 
 def model_entries(run_dir: Path, attribution_seeds: list[int]) -> list[dict]:
     """Teacher, ceiling teacher and students (seeds in attribution_seeds) from models.json, with a cache tag;
     entries whose checkpoint is missing are skipped with a printed note."""
-    index = json.loads((run_dir / "models" / "models.json").read_text())
+    index = read_index(run_dir)
     entries = [dict(index["teacher"], tag="teacher", mode="teacher")]
     if index.get("teacher_ceiling"):
         entries.append(dict(index["teacher_ceiling"], tag="teacher_ceiling", mode="ceiling"))

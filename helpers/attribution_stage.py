@@ -1,7 +1,6 @@
 """Stage 04: explain every model on one example set, compare with the teacher, and write `attributions/`."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -10,11 +9,20 @@ import pandas as pd
 import torch
 
 from . import agreement
-from .attribution import (DELTA_FLOOR, REPLACEMENT_IDS, encode_examples, explain, model_entries, select_examples,
-                          unit_scores)
+from .attribution import (
+    DELTA_FLOOR,
+    REPLACEMENT_IDS,
+    encode_examples,
+    explain,
+    model_entries,
+    select_examples,
+    unit_scores,
+)
 from .attribution_view import render_html
+from .data import load_rationales
 from .models import load_model
 from .progress import progress
+from .training import predict_logits
 
 PER_EXAMPLE_COLUMNS = ["model", "mode", "seed", "id", "label", *agreement.AGREEMENT_METRICS, "delta", "rel_delta",
                        "flagged", "comprehensiveness", "sufficiency", "rationale_recall"]
@@ -22,28 +30,20 @@ TIMING_COLUMNS = ["model", "mode", "seed", "n_examples", "seconds", "seconds_per
                   "faithfulness_seconds"]
 
 
-def load_rationales(run_dir: Path) -> dict[str, list] | None:
-    """Case id -> rationale spans from data/rationales.jsonl; None when the data has no ground truth."""
-    path = run_dir / "data" / "rationales.jsonl"
-    if not path.is_file():
-        return None
-    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {str(r["id"]): r["spans"] for r in records}
-
-
-@torch.no_grad()
-def predict(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted class per example."""
-    out = [model(input_ids=input_ids[i:i + batch_size], attention_mask=attention_mask[i:i + batch_size]).logits
-           for i in range(0, len(input_ids), batch_size)]
-    return torch.cat(out).argmax(dim=-1)
-
-
-def run_attribution_stage(run_dir: str | Path, device: str | torch.device, max_len: int, ig_examples: int,
+def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, max_len: int, ig_examples: int,
                           ig_steps: int, ig_internal_batch_size: int, ig_delta_threshold: float, topk: int,
                           attribution_seeds: list[int], aggregate_words: bool, faithfulness_replacement: str,
                           bootstrap_n: int, seed: int = 0) -> dict:
-    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables."""
+    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables.
+
+    Args:
+        ig_examples: stratified test cases explained (the same cases for every model, chosen with `seed`).
+        ig_internal_batch_size: IG steps per forward pass, per example.
+        ig_delta_threshold: flag an example whose |convergence delta| exceeds this share of the logit change.
+        topk: k of the top-k overlap and of rationale recall.
+        attribution_seeds: the student seeds explained (the teachers are always explained).
+        faithfulness_replacement: pad | mask, the token that removes tokens in comprehensiveness/sufficiency.
+    """
     if faithfulness_replacement not in REPLACEMENT_IDS:
         raise ValueError(f"faithfulness_replacement={faithfulness_replacement!r}: expected 'pad' or 'mask'")
     run, device = Path(run_dir), torch.device(device)
@@ -54,13 +54,14 @@ def run_attribution_stage(run_dir: str | Path, device: str | torch.device, max_l
     ids, mask = examples.input_ids.to(device), examples.attention_mask.to(device)
     entries = model_entries(run, list(attribution_seeds))
     teacher = load_model(run / entries[0]["path"], device)
-    targets = predict(teacher, ids, mask).cpu()
+    targets = torch.from_numpy(predict_logits(teacher, {"input_ids": ids, "attention_mask": mask},
+                                              device=device).argmax(axis=1))
     frame = examples.frame.assign(teacher_pred=targets.numpy(), n_tokens=examples.attention_mask.sum(1).numpy())
     frame[["id", "label", "teacher_pred", "n_tokens"]].to_csv(out / "examples.csv", index=False)
 
-    rationales = load_rationales(run)
+    rationales = load_rationales(run)  # {} when the data has no ground-truth rationales (real data)
     cues = None
-    if rationales is not None:
+    if rationales:
         cues = [agreement.cue_units(examples.offsets[i], examples.units[i], rationales.get(str(cid), []))
                 for i, cid in enumerate(frame["id"])]
 
@@ -121,9 +122,3 @@ def _displayable(html: str):
         return html
     return HTML(html)
 
-
-def load_summary(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Stage 04's tables for the report: summary, kd_diff, timing and examples."""
-    folder = Path(run_dir) / "attributions"
-    return {name: pd.read_csv(folder / f"{name}.csv", dtype={"id": str} if name == "examples" else None)
-            for name in ("summary", "kd_diff", "timing", "examples")}

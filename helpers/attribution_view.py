@@ -10,9 +10,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS
+from .data import OUTCOME
 from .run_folder import save_figure as _save
-
-CLASS_NAMES = {0: "second party wins", 1: "first party wins"}
 
 
 def _label(model: str, mode: str, seed) -> str:
@@ -40,8 +39,8 @@ def render_html(examples, frame: pd.DataFrame, scores: dict[str, list[np.ndarray
         row = frame.iloc[i]
         pred = int(row["teacher_pred"])
         parts.append(f"<h4>case {html_lib.escape(str(row['id']))}: label {int(row['label'])} "
-                     f"({CLASS_NAMES.get(int(row['label']), '')}), explained class {pred} "
-                     f"({CLASS_NAMES.get(pred, '')})</h4>")
+                     f"({OUTCOME.get(int(row['label']), '')}), explained class {pred} "
+                     f"({OUTCOME.get(pred, '')})</h4>")
         parts.append(f"<details><summary>case text</summary><p>{html_lib.escape(str(row['text']))}</p></details>")
         parts.append("<table style='border-collapse:collapse'>")
         for e in entries:

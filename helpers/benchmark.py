@@ -8,7 +8,7 @@ import platform
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,19 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .deployment import Deployed, deploy, variant_accuracy, variants_for
-from .models import (PAPER_SPECS, REGISTRY, ModelSpec, build_model, checkpoint_size_mb, count_params, load_model,
-                     load_spec)
+from .models import (
+    PAPER_SPECS,
+    REGISTRY,
+    ModelSpec,
+    build_model,
+    checkpoint_size_mb,
+    count_params,
+    load_model,
+    load_spec,
+)
 from .notebook_setup import pick_device
 from .progress import progress
+from .run_folder import read_index
 from .run_folder import save_figure as _save
 from .training import cpu_has_native_bf16
 
@@ -103,7 +112,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def random_inputs(batch: int, max_len: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -251,45 +260,25 @@ def _variant_timing_rows(arch: str, timings: Mapping[tuple[str, str, int], Timin
                 "speedup_vs_fp32": fp32.median_ms / timings[(arch, v, 32)].median_ms} for v in variants}
 
 
-def evaluate_variants(checkpoints: Sequence[tuple[str, str | Path]], data: pd.DataFrame, max_len: int,
-                      repeats: int = 20, warmup: int = 3, threads: int = 2, device: str | torch.device = "cpu",
-                      batch_size: int = 32) -> pd.DataFrame:
-    """Per (label, checkpoint folder) and variant: latency at batch 32, speed-up vs fp32, accuracy on `data`."""
-    dev = resolve_device(device)
-    variants = variants_for(dev)
-    archs = {label: _architecture(Path(folder)) for label, folder in checkpoints}
-    with pinned_threads(threads):
-        # One checkpoint per architecture is timed: the weights' values do not change a forward pass's cost.
-        first = {}
-        for label, folder in checkpoints:
-            first.setdefault(archs[label], folder)
-        models = {arch: load_model(folder) for arch, folder in first.items()}
-        timings = _time_architectures(models, variants, max_len, repeats, warmup, warmup, dev)
-        acc = variant_accuracy(checkpoints, data, max_len, dev, batch_size)
-    timing = {arch: _variant_timing_rows(arch, timings, variants) for arch in models}
-    acc = acc.assign(**{c: [timing[archs[lab]][v][c] for lab, v in zip(acc["label"], acc["variant"])]
-                        for c in ("latency_ms_b32", "latency_ms_b32_iqr", "speedup_vs_fp32")})
-    return acc[["label", "variant", "latency_ms_b32", "latency_ms_b32_iqr", "speedup_vs_fp32", "accuracy",
-                "accuracy_change", "agreement_with_fp32"]]
-
-
 def _entry_label(entry: Mapping) -> str:
     return f"{entry['name']}/{entry['mode']}/seed{entry['seed']}"
 
 
-def benchmark_run(run_dir: str | Path, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
+def benchmark_run(run_dir: str | Path, *, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
                   device: str | torch.device = "auto", seeds: Sequence[int] = (0,), paper_benchmark: bool = True,
                   split: str = "test", batch_size: int = 32, paper: Sequence[ModelSpec] | None = None,
                   write: bool = True, max_cases: int = 0) -> BenchmarkResult:
     """Benchmark the run's teacher and students (given seeds) and their variants; write `benchmark/`.
 
-    The deployment variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+    Args:
+        repeats, warmup: timed and untimed forward passes per latency figure (batch 1 and batch 32).
+        seeds: the student seeds whose checkpoints are timed and get deployment variants.
+        paper_benchmark: also time the seed's six architectures (`paper`, default the registry's paper specs).
+        max_cases: the variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+        write: write benchmark/*.csv and environment.json (False: return the tables only).
     """
     run_dir = Path(run_dir)
-    index_path = run_dir / "models" / "models.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path} not found: run notebooks 02 and 03 first")
-    index = json.loads(index_path.read_text())
+    index = read_index(run_dir)
     students = [s for s in index.get("students", []) if int(s["seed"]) in set(seeds)]
     if not students:
         raise ValueError(f"models.json lists no student with seed in {list(seeds)}")

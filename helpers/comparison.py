@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluation import paired_difference
+from .checkpoints import teacher_predictions
+from .evaluation import paired_difference, predicted_class
 from .run_folder import read_json
-from .teacher import teacher_predictions
 
 
 def _wide(run_dir: Path) -> pd.DataFrame:
@@ -42,12 +42,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
         a, b = wa[seeds].to_numpy().T, wb[seeds].to_numpy().T
         acc = paired_difference(a, b, labels, labels, "accuracy", n_boot=n_boot)
         # agreement with each run's own teacher: score 1 where a model predicts its teacher's class
-        agree_a = ((a >= 0.5).astype(int) == ta.loc[wa.index].to_numpy()).astype(float)
-        agree_b = ((b >= 0.5).astype(int) == tb.loc[wa.index].to_numpy()).astype(float)
+        agree_a = (predicted_class(a) == ta.loc[wa.index].to_numpy()).astype(float)
+        agree_b = (predicted_class(b) == tb.loc[wa.index].to_numpy()).astype(float)
         ones = np.ones(len(labels), dtype=int)
         agr = paired_difference(agree_a, agree_b, ones, ones, "accuracy", n_boot=n_boot)
         rows.append({"model": model, "mode": mode, "seeds": len(seeds),
-                     "accuracy_a": float(np.mean((a >= 0.5) == labels)), "accuracy_b": float(np.mean((b >= 0.5) == labels)),
+                     "accuracy_a": float(np.mean(predicted_class(a) == labels)),
+                     "accuracy_b": float(np.mean(predicted_class(b) == labels)),
                      "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
                      "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
                      "agreement_ci_high": agr["ci_high"], "verdict_a": verdicts["a"].get((model, mode), ""),

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_MAX_LEN = 8  # fewest WordPiece tokens per case: [CLS], [SEP] and a few words (data.prepare and validate)
 PROFILES_DIR = REPO_ROOT / "profiles"
 
 
@@ -154,7 +155,8 @@ def validate(params: dict[str, Any]) -> None:
     _check(params["selection_metric"] in ("accuracy", "macro_f1", "roc_auc"), "selection_metric",
            "must be accuracy, macro_f1 or roc_auc")
     _check(params["faithfulness_replacement"] in ("pad", "mask"), "faithfulness_replacement", "must be pad or mask")
-    _check(isinstance(params["model_overrides"], dict), "model_overrides", "must be a mapping {spec name: folder|random}")
+    _check(isinstance(params["model_overrides"], dict), "model_overrides",
+           "must be a mapping {spec name: folder|random}")
     _check(isinstance(params["recommend_tolerance"], num) and 0 <= params["recommend_tolerance"] < 1,
            "recommend_tolerance", "must be within [0, 1)")
     _check(isinstance(params["students"], list) and params["students"], "students", "must be a non-empty list")
@@ -167,12 +169,7 @@ def validate(params: dict[str, Any]) -> None:
     for name in names:
         limit = REGISTRY[name].max_positions
         _check(params["max_len"] <= limit, "max_len", f"{params['max_len']} exceeds {name}'s position limit {limit}")
-    _check(params["max_len"] >= 8, "max_len", "must be at least 8 tokens")
-
-
-def notebook_parameters(params: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The subset of `params` a notebook declares in its parameters cell."""
-    return {k: params[k] for k in names if k in params}
+    _check(params["max_len"] >= MIN_MAX_LEN, "max_len", f"must be at least {MIN_MAX_LEN} tokens")
 
 
 def write_params(params: dict[str, Any], path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Load, clean, validate and split a JUSTICE-schema csv; score baselines; write run_dir/data/* and notebook-01 figures."""
+"""Load, clean, validate and split a JUSTICE-schema csv; score baselines; write run_dir/data/* and stage-01 figures."""
 from __future__ import annotations
 
 import html
@@ -16,13 +16,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from helpers.synthetic import generate_justice_csv, rationales_path
-from helpers.tokenization import get_tokenizer
+from helpers.tokenization import get_tokenizer, tokenize
+
+from .config import MIN_MAX_LEN
+from .evaluation import safe_auc
 from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
+TRANSFER = "transfer"  # key of the unlabelled transfer pool next to the splits (see load_cases)
 REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")
 TEMPLATE_FIELDS = ("first_party", "second_party", "facts", "term", "issue_area", "name")
 LEAKING_COLUMNS = ("majority_vote", "minority_vote", "decision_type", "disposition", "first_party_winner")
@@ -76,8 +80,8 @@ def _check_params(val_frac: float, test_frac: float, max_len: int) -> None:
             raise ValueError(f"{name} must be in (0, 1), got {frac}")
     if val_frac + test_frac >= 1:
         raise ValueError(f"val_frac + test_frac must be below 1 to leave training cases, got {val_frac + test_frac}")
-    if int(max_len) < 3:
-        raise ValueError(f"max_len must be at least 3 tokens, got {max_len}")
+    if int(max_len) < MIN_MAX_LEN:
+        raise ValueError(f"max_len must be at least {MIN_MAX_LEN} tokens, got {max_len}")
 
 
 def read_justice_csv(path: Path) -> pd.DataFrame:
@@ -170,9 +174,11 @@ def stratified_group_split(labels: pd.Series, groups: pd.Series, val_frac: float
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None) -> dict:
+    """accuracy, macro-F1 and ROC-AUC (of `score`, else of the hard predictions: 0.5 for a constant predictor;
+    NaN, written as null, when the split holds one class), computed as for the models (evaluation.safe_auc)."""
     return {"accuracy": float(accuracy_score(y, pred)),
             "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-            "roc_auc": 0.5 if score is None else float(roc_auc_score(y, score))}
+            "roc_auc": safe_auc(y, pred if score is None else score)}
 
 
 def _tfidf_logreg(splits: dict[str, pd.DataFrame]) -> tuple[dict, float]:
@@ -210,7 +216,7 @@ def baselines(splits: dict[str, pd.DataFrame]) -> dict:
 
 def _round(obj: object) -> object:
     if isinstance(obj, float):
-        return round(obj, 4)
+        return round(obj, 4) if math.isfinite(obj) else None  # JSON has no NaN: undefined is null
     if isinstance(obj, dict):
         return {k: _round(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -325,7 +331,7 @@ def write_vocabulary(folder: Path, texts: list[str], max_len: int) -> list[int]:
     """Wordpiece ids the run's texts use within max_len (+ specials) -> folder/vocab.json."""
     from .models import vocabulary_ids  # local import: the data stage itself needs no model code
 
-    ids = vocabulary_ids(get_tokenizer()(texts, truncation=True, max_length=max_len, verbose=False)["input_ids"])
+    ids = vocabulary_ids(tokenize(texts, max_len, verbose=False)["input_ids"])
     (folder / "vocab.json").write_text(json.dumps({"max_len": int(max_len), "n": len(ids), "ids": ids}) + "\n",
                                        encoding="utf-8")
     return ids
@@ -355,9 +361,9 @@ def _sizes_as_fractions(n: int, val_n: int, test_n: int, val_frac: float, test_f
     return (val_n / n if val_n else val_frac), (test_n / n if test_n else test_frac)
 
 
-def prepare(run_dir: str | Path, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
+def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
             text_template: str = "{first_party} v. {second_party}. {facts}", val_frac: float = 0.2,
-            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, *, val_n: int = 0, test_n: int = 0,
+            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, val_n: int = 0, test_n: int = 0,
             transfer_path: str = "", synthetic_transfer_n: int = 0) -> dict:
     """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card.
 
@@ -479,6 +485,15 @@ def load_splits(run_dir: str | Path) -> dict[str, pd.DataFrame]:
               "issue_area": str, "term": str, "n_words": int, "n_tokens": int}
     return {s: pd.read_csv(Path(run_dir) / "data" / f"{s}.csv", dtype=dtypes, keep_default_na=False)
             for s in SPLITS}
+
+
+def load_cases(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The labelled splits plus, when the run has one, the unlabelled transfer pool under TRANSFER."""
+    cases = load_splits(run_dir)
+    transfer = load_transfer(run_dir)
+    if transfer is not None:
+        cases[TRANSFER] = transfer
+    return cases
 
 
 def load_data_card(run_dir: str | Path) -> dict:

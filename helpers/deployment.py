@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .evaluation import predicted_class
 from .models import load_model
-from .tokenization import get_tokenizer
+from .training import collate, encode, predict_logits
 
 CPU_VARIANTS = ("fp32", "bf16", "int8")
 CUDA_VARIANTS = ("fp32", "bf16", "fp16")  # dynamic int8 quantization runs on CPU only
@@ -64,30 +65,21 @@ def deploy(model: nn.Module, variant: str, device: torch.device) -> Deployed:
     return Deployed(model.to(device), variant, device, AUTOCAST_DTYPES.get(variant))
 
 
-def encode_texts(texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask of `texts` (shared tokenizer, truncated at max_len, padded to the longest)."""
-    enc = get_tokenizer()(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
 def predict_proba(deployed: Deployed, encodings: dict[str, torch.Tensor], batch_size: int = 32) -> np.ndarray:
-    """P(label = 1) for every encoded example, in order."""
-    out = []
-    for start in range(0, len(encodings["input_ids"]), batch_size):
-        batch = {k: v[start:start + batch_size].to(deployed.device) for k, v in encodings.items()}
-        out.append(torch.softmax(deployed(**batch), dim=-1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    """P(label = 1) for every example of the padded `encodings` (training.collate), in order."""
+    logits = predict_logits(deployed, encodings, batch_size, device=deployed.device)
+    return torch.softmax(torch.from_numpy(logits), dim=-1)[:, 1].numpy()
 
 
 def variant_accuracy(checkpoints: Sequence[tuple[str, str | Path]], data: pd.DataFrame, max_len: int,
                      device: torch.device, batch_size: int = 32) -> pd.DataFrame:
     """Per checkpoint and variant: accuracy on `data` (text, label), its change vs fp32, agreement with fp32."""
-    encodings = encode_texts(data["text"].astype(str).tolist(), max_len)
+    encodings = collate(encode(data["text"].astype(str).tolist(), max_len))  # padded to the longest, in order
     labels = data["label"].to_numpy().astype(int)
     rows = []
     for label, folder in checkpoints:
         model = load_model(folder)
-        preds = {v: (predict_proba(deploy(model, v, device), encodings, batch_size) >= 0.5).astype(int)
+        preds = {v: predicted_class(predict_proba(deploy(model, v, device), encodings, batch_size))
                  for v in variants_for(device)}  # fp32 first: deploy() may move the model, never change it
         base_acc = float((preds["fp32"] == labels).mean())
         for variant, pred in preds.items():

@@ -7,8 +7,15 @@ from scipy.stats import norm, rankdata
 from scipy.stats import t as student_t
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-METRICS = ("accuracy", "macro_f1", "roc_auc", "ece", "agreement", "kl_to_teacher")
 GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
+
+
+def predicted_class(prob_1: np.ndarray) -> np.ndarray:
+    """Class 1 where P(label = 1) > 0.5, else 0: a tie goes to class 0, as argmax over the logits sends it.
+
+    The one decision rule of the suite: metrics from logits (argmax) and from stored probabilities (this) agree.
+    """
+    return (np.asarray(prob_1) > 0.5).astype(int)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -34,7 +41,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC-AUC, NaN when only one class is present."""
+    """ROC-AUC, NaN when only one class is present (undefined; written as null in JSON files).
+
+    A constant score (the majority-class baseline) is defined and scores 0.5: every pair is a tie.
+    """
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
 
@@ -90,7 +100,7 @@ def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray) -> float:
-    preds = (probs1 >= 0.5).astype(int)
+    preds = predicted_class(probs1)
     if metric == "accuracy":
         return float((preds == labels).mean())
     if metric == "macro_f1":
@@ -142,7 +152,7 @@ def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarr
     rng = np.random.default_rng(seed)
     if metric in ("accuracy", "agreement"):  # per-case form: the case variance needs no resampling
         ref = labels if metric == "accuracy" else teacher_pred
-        pred_a, pred_b = (probs_a >= 0.5).astype(int), (probs_b >= 0.5).astype(int)
+        pred_a, pred_b = predicted_class(probs_a), predicted_class(probs_b)
         per_case = ((pred_b == ref).mean(0) - (pred_a == ref).mean(0))
         var_case = float(np.var(per_case, ddof=1)) / n
     else:
@@ -246,7 +256,7 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     if table.empty:
         return table
     table["p_adjusted"] = np.nan
-    for metric, g in table.groupby("metric"):
+    for _, g in table.groupby("metric"):
         usable = g[(g["did_not_learn"] == "") & g["meaningful"]]
         table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
     table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2

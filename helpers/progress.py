@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from queue import Empty
-from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO, TypeVar
-
 
 T = TypeVar("T")
 EVERY_S = 10.0  # seconds between progress lines

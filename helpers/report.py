@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,8 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
     ts = t.teacher
     teacher = {"name": t.index["teacher"]["name"], "shape": t.index["teacher"].get("shape", ""),
                "seed": int(t.index["teacher"]["seed"]), "params": int(t.index["teacher"]["params"]),
-               "val_accuracy": float(ts["val"]["accuracy"]), "accuracy": float(ts["test"]["accuracy"]), "macro_f1": float(ts["test"]["macro_f1"]),
+               "val_accuracy": float(ts["val"]["accuracy"]), "accuracy": float(ts["test"]["accuracy"]),
+               "macro_f1": float(ts["test"]["macro_f1"]),
                "auc": _num(ts["test"]["roc_auc"]), "collapsed": teacher_collapsed(t),
                "margin_over_tfidf": float(ts["margin_over_tfidf"]),
                "margin_over_majority": float(ts["margin_over_majority"]),
@@ -258,7 +259,7 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
                     f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
     paper = None if t.paper is None else json.loads(t.paper.to_json(orient="records"))  # NaN -> null
     return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "question": QUESTION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
             "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
             "teacher": teacher,

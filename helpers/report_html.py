@@ -123,7 +123,7 @@ def render_report(run_dir: str | Path, summary: dict[str, Any], tables: Mapping[
     box = "warn" if t["collapsed"] or not rec["meaningful"] else "answer"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Distilling Justice · "
              f"{_esc(summary['profile'])}</title><style>{STYLE}</style></head><body>",
-             f"<h1>Distilling Justice: independent training vs true distillation</h1>",
+             "<h1>Distilling Justice: independent training vs true distillation</h1>",
              f"<p class='meta'>profile <b>{_esc(summary['profile'])}</b> · created {_esc(summary['created'])} · "
              f"teacher {_esc(t['name'])} ({t['params'] / 1e6:.1f}M parameters)</p>",
              f"<p><b>Question.</b> {_esc(summary['question'])}</p>",

@@ -91,8 +91,8 @@ def models_table(summary: dict[str, Any]) -> pd.DataFrame:
                      "auc": _fmt_stat(e["auc"]), "agreement": _fmt_stat(fid.get("agreement")),
                      "kl_to_teacher": _fmt_stat(fid.get("kl_to_teacher")),
                      "attribution_cosine": _fmt_interval(e["attribution_cosine"])})
-    return pd.DataFrame(rows).round({"params_m": 2, "params_m_full_vocab": 2, "size_mb": 2, "size_mb_full_vocab": 2, "latency_ms_b1": 2, "latency_ms_b32": 2,
-                                     "speedup_vs_teacher": 2})
+    return pd.DataFrame(rows).round({"params_m": 2, "params_m_full_vocab": 2, "size_mb": 2, "size_mb_full_vocab": 2,
+                                     "latency_ms_b1": 2, "latency_ms_b32": 2, "speedup_vs_teacher": 2})
 
 
 def recommendation_text(summary: dict[str, Any]) -> str:

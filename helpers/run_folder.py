@@ -1,6 +1,7 @@
 """Paths and small plain-file helpers for the run folder every stage reads and writes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,15 @@ def project_path(path: str | Path) -> Path | str:
         return ""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint's weights), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def run_path(run_dir: str | Path, *parts: str) -> Path:

@@ -12,12 +12,22 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
+from .checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
+from .data import SPLITS, TRANSFER, load_cases
 from .evaluation import classification_metrics, kd_gain_table
 from .models import build_model, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, write_csv, write_index, write_json
-from .teacher import SPLITS, TRANSFER, encode_splits, index_entry, load_cases, load_teacher_logits, record, \
-    replace_student_rows, teacher_predictions, teacher_summary
-from .training import ARMS, TRANSFER_ARMS, CaseDataset, TrainConfig, predict_logits, resolve_precision, train
+from .teacher_logits import load_teacher_logits
+from .training import (
+    ARMS,
+    TRANSFER_ARMS,
+    CaseDataset,
+    TrainConfig,
+    encode_splits,
+    predict_logits,
+    resolve_precision,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     entries, metric_frames, pred_frames, runs = [], [], [], []
     test_ids = load_cases(run_dir)["test"]["id"]
     for f in finals:
-        metrics, preds = record(run_dir, f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
+        metrics, preds = record(f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
                                 shared.labels, shared.t_logits, test_ids)
         entries.append(f["entry"])
         metric_frames.append(metrics)
@@ -395,6 +405,10 @@ def widths_text(widths: pd.DataFrame) -> str:
                                                                     widths["ci_half_width"]))
 
 
+def _fmt3(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"  # None: undefined (an AUC on a one-class split)
+
+
 def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     """Per model x mode: params and metrics as mean ± std over seeds (teacher rows first)."""
     m = pd.read_csv(Path(run_dir) / "models" / "metrics.csv")
@@ -409,7 +423,7 @@ def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
         out[c] = [f"{a:.3f} ± {s:.3f}" if n > 1 else f"{a:.3f}" for a, s, n in zip(mean[c], std[c], out["seeds"])]
     out = out.reset_index()
     baselines = data_mod.load_data_card(run_dir)["baselines"]
-    rows = [{"model": label, "mode": "baseline", **{c: f"{baselines[key][split][src]:.3f}" for c, src in
+    rows = [{"model": label, "mode": "baseline", **{c: _fmt3(baselines[key][split][src]) for c, src in
                                                      (("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
                                                       ("roc_auc", "roc_auc"))}}
             for key, label in (("majority", "majority class"), ("tfidf_logreg", "TF-IDF + logistic regression"))]

@@ -70,7 +70,8 @@ SCHEMA: dict[str, Any] = {
             "bayes_accuracy": {"type": "object"}}},
         "teacher": _object({
             "name": _STR, "shape": _STR, "seed": {"type": "integer"}, "params": _INT,
-            "val_accuracy": _NUM, "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL, "collapsed": {"type": "boolean"},
+            "val_accuracy": _NUM, "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL,
+            "collapsed": {"type": "boolean"},
             "margin_over_tfidf": _NUM, "margin_over_majority": _NUM, "ceiling_accuracy": _NUM_OR_NULL,
             "attribution_cosine_ceiling": _INTERVAL}),
         "recommendation": _object({

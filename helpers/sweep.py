@@ -5,15 +5,12 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .config import ConfigError, defaults, parse_value, resolve  # noqa: E402
-from .run_folder import project_path  # noqa: E402
-from .runner import discover_stages, find_stage, run, seed_run_folder  # noqa: E402
+from .config import ConfigError, defaults, parse_value, resolve
+from .run_folder import project_path
+from .runner import discover_stages, find_stage, run, seed_run_folder
 
 
 def combinations(grid: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -86,9 +83,10 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
     return table
 
 
-def plot_sweep(table: pd.DataFrame, axes_names: list[str]):
+def plot_sweep(table: pd.DataFrame, axes_names: list[str]) -> Figure:
     """Test accuracy and fidelity (agreement with the teacher) of every student arm per combination."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     table = table.assign(combination=table[axes_names].astype(str).agg(", ".join, axis=1) if axes_names else "",
                          line=table["model"] + " · " + table["arm"])
     for ax, metric, title in ((axes[0], "accuracy", "test accuracy per arm (reported only)"),

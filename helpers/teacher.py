@@ -1,7 +1,6 @@
 """Stage 02: fine-tune the teacher (and a second-seed teacher for the noise ceiling), cache its logits."""
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -9,116 +8,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.numpy import load_file, save_file
 
 from . import data as data_mod
-from .evaluation import classification_metrics, is_collapsed, softmax
-from .models import build_model, count_params, full_vocabulary_params, get_spec, load_model, save_model
-from .run_folder import read_index, read_json, replace_rows, run_path, write_csv, write_index, write_json
+from .checkpoints import index_entry, record
+from .data import SPLITS, load_cases
+from .evaluation import is_collapsed
+from .models import build_model, get_spec, save_model
 from .progress import Progress, QueueFile, relay
-from .training import CaseDataset, TrainConfig, encode, predict_logits, resolve_precision, train
-
-SPLITS = ("train", "val", "test")
-TRANSFER = "transfer"
-
-
-def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, list[dict[str, list[int]]]]:
-    """Tokenise every split once."""
-    return {name: encode(df["text"].tolist(), max_len) for name, df in splits.items()}
-
-
-def data_fingerprint(splits: dict[str, pd.DataFrame], max_len: int) -> str:
-    """Hash of the split ids, texts and labels (and the transfer pool's ids and texts) plus max_len."""
-    h = hashlib.sha256(str(max_len).encode())
-    for name in (*SPLITS, TRANSFER):
-        if name not in splits:
-            continue
-        df = splits[name]
-        h.update(name.encode())
-        cols = [c for c in ("id", "text", "label") if c in df.columns]
-        h.update(pd.util.hash_pandas_object(df[cols].astype(str), index=False).values.tobytes())
-    return h.hexdigest()[:16]
-
-
-def load_cases(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The labelled splits plus, when the run has one, the unlabelled transfer pool under "transfer"."""
-    cases = data_mod.load_splits(run_dir)
-    transfer = data_mod.load_transfer(run_dir)
-    if transfer is not None:
-        cases[TRANSFER] = transfer
-    return cases
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file (a checkpoint's weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def logits_key(teacher_dir: str | Path, splits: dict[str, pd.DataFrame], max_len: int) -> str:
-    """Cache key of the teacher logits: the teacher checkpoint and the data."""
-    return hashlib.sha256((file_hash(Path(teacher_dir) / "model.safetensors")
-                           + data_fingerprint(splits, max_len)).encode()).hexdigest()[:16]
-
-
-def cache_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame],
-                         encoded: dict[str, list[dict[str, list[int]]]], max_len: int,
-                         device: str = "cpu", precision: str = "fp32",
-                         computed: dict[str, np.ndarray] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
-    """Compute the fine-tuned teacher's logits for every split (and the transfer pool) once, or reuse the cache.
-
-    `computed`: logits already computed for exactly these splits (by the process that trained the teacher).
-    """
-    teacher_dir = Path(run_dir) / "models" / "teacher"
-    key = logits_key(teacher_dir, splits, max_len)
-    path = run_path(run_dir, "models", "teacher_logits", f"{key}.safetensors")
-    if path.is_file():
-        return path, load_file(str(path))
-    if computed is not None and set(computed) == set(splits):
-        logits = computed
-    else:
-        model = load_model(teacher_dir, device)
-        logits = {name: predict_logits(model, encoded[name], device=device, precision=precision).astype(np.float32)
-                  for name in splits}
-    save_file(logits, str(path), metadata={"key": key, "teacher": str(teacher_dir), "max_len": str(max_len),
-                                           "precision": precision})
-    return path, logits
-
-
-def load_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, np.ndarray]:
-    """The cached teacher logits matching the current teacher checkpoint and data (else a clear error)."""
-    key = logits_key(Path(run_dir) / "models" / "teacher", splits, max_len)
-    path = Path(run_dir) / "models" / "teacher_logits" / f"{key}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the teacher logits for this teacher and data are not cached; "
-                                f"rerun notebook 02 (python -m helpers run --only 02)")
-    return load_file(str(path))
-
-
-def record(run_dir: str | Path, entry: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-           teacher_logits: dict[str, np.ndarray] | None, test_ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Metrics rows (val, test) and test-prediction rows for one checkpoint."""
-    rows = []
-    for split in ("val", "test"):
-        m = classification_metrics(logits[split], labels[split], None if teacher_logits is None else teacher_logits[split])
-        rows.append({"model": entry["name"], "role": entry["role"], "mode": entry["mode"], "seed": entry["seed"],
-                     "split": split, **m, "params": entry["params"],
-                     "non_embedding_params": entry["non_embedding_params"]})
-    preds = pd.DataFrame({"model": entry["name"], "mode": entry["mode"], "seed": entry["seed"], "id": test_ids.values,
-                          "label": labels["test"], "prob_1": softmax(logits["test"])[:, 1]})
-    return pd.DataFrame(rows), preds
-
-
-def index_entry(name: str, role: str, mode: str, seed: int, path: Path, run_dir: str | Path, model) -> dict[str, Any]:
-    """One `models/models.json` entry."""
-    total, non_emb = count_params(model)
-    spec = get_spec(name)
-    return {"name": name, "role": role, "mode": mode, "seed": seed,
-            "path": str(Path(path).relative_to(run_dir)), "params": total, "non_embedding_params": non_emb,
-            "params_full_vocab": full_vocabulary_params(model), "shape": spec.shape}
+from .run_folder import write_csv, write_index, write_json
+from .teacher_logits import cache_teacher_logits
+from .training import CaseDataset, TrainConfig, encode_splits, predict_logits, resolve_precision, train
 
 
 def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
@@ -178,13 +77,11 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
-    splits = load_cases(run_dir)
+    splits = data_mod.load_cases(run_dir)
     card = data_mod.load_data_card(run_dir)
     encoded = encode_splits(splits, max_len)
     labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
-    spec = get_spec(teacher, model_overrides)
-    train_set = CaseDataset(encoded["train"], labels["train"])
-    val_set = CaseDataset(encoded["val"], labels["val"])
+    get_spec(teacher, model_overrides)  # an unknown spec fails here, before any process starts
     per_epoch = int(np.ceil(len(encoded["train"]) / batch_size))
     jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": teacher,
              "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
@@ -219,8 +116,8 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision,
                                                  computed=results["teacher"]["logits"])
     c_logits = results["ceiling"]["logits"]
-    metrics, preds = record(run_dir, entries["teacher"], t_logits, labels, None, splits["test"]["id"])
-    c_metrics, c_preds = record(run_dir, entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
+    metrics, preds = record(entries["teacher"], t_logits, labels, None, splits["test"]["id"])
+    c_metrics, c_preds = record(entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
     t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()
     t_val = metrics[metrics["split"] == "val"].iloc[0].to_dict()
     base = card["baselines"]
@@ -255,22 +152,3 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
               f"(positive rate {t_val['positive_rate']:.2f}). Distillation comparisons will be marked not meaningful.")
     return {"summary": summary, "metrics": all_metrics, "history": pd.concat(histories.values(), keys=histories.keys(),
                                                                              names=["role", None]).reset_index(0)}
-
-
-def teacher_summary(run_dir: str | Path) -> dict[str, Any]:
-    """`models/teacher_metrics.json`."""
-    return read_json(Path(run_dir) / "models" / "teacher_metrics.json")
-
-
-def teacher_predictions(run_dir: str | Path) -> pd.Series:
-    """The teacher's predicted class on the test split, indexed by case id."""
-    index = read_index(run_dir)
-    preds = pd.read_csv(Path(run_dir) / "models" / "predictions.csv", dtype={"id": str})
-    t = preds[(preds["model"] == index["teacher"]["name"]) & (preds["mode"] == "teacher")]
-    return (t.set_index("id")["prob_1"] >= 0.5).astype(int)
-
-
-def replace_student_rows(run_dir: str | Path, metrics: pd.DataFrame, preds: pd.DataFrame, names: list[str]) -> None:
-    """Swap the students' rows in metrics.csv and predictions.csv, keeping the teachers' rows."""
-    replace_rows(Path(run_dir) / "models" / "metrics.csv", metrics, "model", names)
-    replace_rows(Path(run_dir) / "models" / "predictions.csv", preds, "model", names)

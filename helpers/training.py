@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from .evaluation import classification_metrics
-from .tokenization import get_tokenizer
+from .tokenization import tokenize
 
 ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer")
 TRANSFER_ARMS = ("distilled_transfer", "pseudo_label_transfer")
@@ -99,8 +99,13 @@ def class_weights_for(labels: np.ndarray, num_labels: int) -> torch.Tensor:
 # ---------------------------------------------------------------- data
 def encode(texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
     """Tokenise once (truncation at max_len, no padding); batches are padded by `collate`."""
-    enc = get_tokenizer()(list(texts), truncation=True, max_length=max_len, padding=False)
+    enc = tokenize(texts, max_len, padding=False)
     return [{"input_ids": ids, "attention_mask": m} for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+
+
+def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, list[dict[str, list[int]]]]:
+    """Tokenise every split (a frame with a `text` column) once."""
+    return {name: encode(df["text"].tolist(), max_len) for name, df in splits.items()}
 
 
 class CaseDataset(Dataset):
@@ -159,20 +164,55 @@ def batch_order(n: int, batch_size: int, max_steps: int, seed: int) -> list[np.n
 
 
 # ---------------------------------------------------------------- scoring
-@torch.no_grad()
-def predict_logits(model: PreTrainedModel, encodings: list[dict[str, list[int]]], batch_size: int = 64,
-                   device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
-    """Logits [n, K] for pre-tokenised cases, in input order; batches are formed by length (less padding)."""
-    model.eval().to(device)
+Encodings = list[dict[str, list[int]]] | Mapping[str, torch.Tensor]
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits
+
+
+def _batches(encodings: Encodings, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(rows, batch) pairs: ragged encodings grouped by length and padded per batch (less padding); padded
+    tensors ({"input_ids", "attention_mask"}) sliced in order, as given."""
+    if isinstance(encodings, Mapping):
+        n = len(encodings["input_ids"])
+        for start in range(0, n, batch_size):
+            yield (np.arange(start, min(start + batch_size, n)),
+                   {k: encodings[k][start:start + batch_size] for k in ("input_ids", "attention_mask")})
+        return
     order = np.argsort([len(e["input_ids"]) for e in encodings], kind="stable")
-    out = np.zeros((len(encodings), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, collate([encodings[i] for i in rows])
+
+
+@torch.no_grad()
+def predict_logits(model: PreTrainedModel | Forward, encodings: Encodings, batch_size: int = 64,
+                   device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
+    """Logits [n, K] (float32) in input order: the one batched-prediction loop of the suite.
+
+    Args:
+        model: a classifier (put in eval mode on `device`), or any callable (input_ids, attention_mask) -> logits
+            such as a deployment.Deployed variant, which brings its own device placement and autocast.
+        encodings: pre-tokenised cases (training.encode), or padded tensors {"input_ids", "attention_mask"}.
+        precision: bf16 runs the forward passes under bf16 autocast (fp32: none).
+    """
+    if isinstance(model, torch.nn.Module):
+        model.eval().to(device)
+        module = model
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return module(input_ids=ids, attention_mask=mask).logits
+    else:
+        forward = model
+    n = len(encodings["input_ids"]) if isinstance(encodings, Mapping) else len(encodings)
+    out: np.ndarray | None = None
     with autocast(precision, device):
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = collate([encodings[i] for i in rows])
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+        for rows, batch in _batches(encodings, batch_size):
+            logits = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            if out is None:
+                out = np.zeros((n, logits.shape[-1]), dtype=np.float32)
             out[rows] = logits.float().cpu().numpy()
+    if out is None:  # no cases
+        config = getattr(model, "config", None)
+        out = np.zeros((0, config.num_labels if config is not None else 2), dtype=np.float32)
     return out
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -11,10 +10,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from . import data as data_mod
-from .evaluation import softmax
+from .checkpoints import teacher_summary
+from .data import load_cases
+from .evaluation import predicted_class, softmax
 from .run_folder import read_index
 from .run_folder import save_figure as _save
-from .teacher import load_cases, load_teacher_logits, teacher_summary
+from .teacher_logits import load_teacher_logits
 
 
 def _histories(run_dir: Path, entries: list[dict]) -> pd.DataFrame:
@@ -31,7 +32,8 @@ def plot_teacher_curves(run_dir: str | Path) -> Figure:
     idx = read_index(run_dir)
     h = _histories(run_dir, [idx["teacher"], idx["teacher_ceiling"]])
     h["run"] = h["mode"] + " (seed " + h["seed"].astype(str) + ")"
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for ax, col, title in zip(axes, ("train_loss", "val_accuracy", "val_macro_f1"),
                               ("training loss", "validation accuracy", "validation macro-F1")):
         sns.lineplot(data=h, x="epoch", y=col, hue="run", marker="o", ax=ax)
@@ -50,8 +52,9 @@ def plot_confusion(run_dir: str | Path) -> Figure:
     idx = read_index(run_dir)
     preds = pd.read_csv(run_dir / "models" / "predictions.csv")
     t = preds[(preds["model"] == idx["teacher"]["name"]) & (preds["mode"] == "teacher")]
-    cm = confusion_matrix(t["label"], (t["prob_1"] >= 0.5).astype(int), labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    cm = confusion_matrix(t["label"], predicted_class(t["prob_1"]), labels=[0, 1])
+    fig = Figure(figsize=(4.2, 3.6))
+    ax = fig.subplots()
     sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
                 xticklabels=["second party", "first party"], yticklabels=["second party", "first party"])
     ax.set_xlabel("predicted winner")
@@ -82,7 +85,8 @@ def plot_baselines(run_dir: str | Path) -> Figure:
     """The teacher between its floor (majority, TF-IDF) and, on synthetic data, its ceiling (Bayes)."""
     df = baselines_frame(run_dir).melt(id_vars="model", value_vars=["accuracy", "macro_f1", "roc_auc"],
                                        var_name="metric").dropna()
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax = fig.subplots()
     sns.barplot(data=df, x="metric", y="value", hue="model", ax=ax)
     for c in ax.containers:
         ax.bar_label(c, fmt="%.2f", fontsize=7)
@@ -103,7 +107,8 @@ def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Fi
     h = _histories(run_dir, idx["students"])
     names = list(dict.fromkeys(h["model"]))
     arms = list(dict.fromkeys(h["mode"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.5), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.6 * len(names), 3.5))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         sub = h[h["model"] == name]
         sns.lineplot(data=sub, x="step", y=metric, hue="mode", ax=ax, hue_order=arms, errorbar="sd")
@@ -131,8 +136,8 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
     gain = pd.read_csv(run_dir / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     gain["did_not_learn"] = gain["did_not_learn"].fillna("")
     n_rows = gain[["model", "arm", "against"]].drop_duplicates().shape[0]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.42 * n_rows + 1.9),
-                             sharey=True, squeeze=False)
+    fig = Figure(figsize=(4.6 * len(metrics), 0.42 * n_rows + 1.9))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         g = gain[gain["metric"] == metric].reset_index(drop=True)
         y = np.arange(len(g))
@@ -168,7 +173,8 @@ def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataF
 def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 8), n: int = 4) -> Figure:
     """What the student actually sees: the teacher's P(first party wins) for real cases at several T."""
     cases = soft_target_cases(run_dir, max_len, n)
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(cases), 3.2))
+    axes = fig.subplots(1, len(cases), sharey=True, squeeze=False)
     for ax, (_, c) in zip(axes[0], cases.iterrows()):
         probs = [softmax(np.array([[c["logit_0"], c["logit_1"]]]), t)[0] for t in temperatures]
         x = np.arange(len(temperatures))
@@ -176,8 +182,8 @@ def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 
         ax.bar(x + 0.2, [p[1] for p in probs], 0.4, label="first party wins")
         ax.set_xticks(x, [f"T={t}" for t in temperatures])
         ax.set_ylim(0, 1)
-        ax.set_title(f"case {c['id']} (label {int(c['label'])})\nhard label: [{1 - int(c['label'])}, {int(c['label'])}]",
-                     fontsize=9)
+        label = int(c["label"])
+        ax.set_title(f"case {c['id']} (label {label})\nhard label: [{1 - label}, {label}]", fontsize=9)
     axes[0][0].set_ylabel("teacher probability")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Soft targets: higher T spreads the teacher's probability mass (the 'dark knowledge')")
@@ -195,7 +201,8 @@ def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: fl
     p_t = softmax(np.array([[c["logit_0"], c["logit_1"]]]), temperature)[0]
     q_t = softmax(student_logits, temperature)
     kd = temperature**2 * np.sum(p_t * (np.log(p_t) - np.log(q_t)), axis=1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 2, sharex=True)
     axes[0].plot(q, ce, color="tab:blue")
     axes[0].set_title(f"independent: CE with the hard label ({label})")
     axes[0].axvline(label, color="tab:blue", ls=":")
@@ -234,7 +241,8 @@ def plot_transfer_curve(run_dir: str | Path) -> Figure:
     """Validation and test accuracy of one student's distilled_transfer arm against the transfer-pool size."""
     run_dir = Path(run_dir)
     curve = pd.read_csv(run_dir / "models" / "transfer_curve.csv")
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    fig = Figure(figsize=(6.2, 3.8))
+    ax = fig.subplots()
     sns.lineplot(data=curve, x="multiple_of_train", y="accuracy", hue="split", marker="o", errorbar="sd", ax=ax)
     ax.set_xlabel("transfer cases, as a multiple of the labelled training set (0: distilled arm)")
     ax.set_ylabel("accuracy (mean ± 1 sd over seeds)")

@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.config import defaults  # noqa: E402
 from helpers.models import build_model, get_spec, vocabulary_ids  # noqa: E402
 from helpers.synthetic import generate_cases  # noqa: E402
-from helpers.training import (CaseDataset, TrainConfig, batch_order, collate, encode, resolve_precision,  # noqa: E402
-                              train)
+from helpers.training import CaseDataset, TrainConfig, batch_order, collate, encode, resolve_precision, train  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -93,7 +92,8 @@ def main() -> None:
     data = CaseDataset(enc, labels, logits)
     keep = None if args.no_trim else vocabulary_ids(enc)
     teacher = build_model(get_spec(p["teacher"]), seed=0)
-    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len {args.max_len}, suite precision "
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len {args.max_len}, "
+          f"suite precision "
           f"{precision}, students' vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps, median examples/s inside training steps")
     print(f"{'model':<22} {'bare fp32':>10} {'suite':>10} {'ratio':>7} {'suite KD':>10} {'KD/indep':>9}")

@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {note}")
 
     if args.run_dir is not None:
-        res = benchmark.benchmark_run(args.run_dir, args.max_len, args.repeats, args.warmup, args.threads, device,
-                                      seeds=args.seeds, paper_benchmark=False, write=args.write)
+        res = benchmark.benchmark_run(args.run_dir, max_len=args.max_len, repeats=args.repeats, warmup=args.warmup,
+                                      threads=args.threads, device=device, seeds=args.seeds, paper_benchmark=False,
+                                      write=args.write)
         cols = ["model", "mode", "seed", "size_mb", "latency_ms_b1", "latency_ms_b32", "latency_ms_b32_iqr",
                 "speedup_vs_teacher_b1", "speedup_vs_teacher_b32"]
         print(f"\nTrained models in {args.run_dir} (one timing per architecture, shared by modes and seeds):")

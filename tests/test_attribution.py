@@ -137,6 +137,37 @@ def test_bootstrap_interval_brackets_the_mean():
     assert n == 4 and mean == pytest.approx(0.45) and lo < mean < hi
 
 
+def test_bootstrap_interval_has_the_normal_width_and_its_coverage():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.4, 1.0, 400)
+    mean, lo, hi, n = agreement.bootstrap_mean(x, n_boot=2000)
+    assert n == 400 and mean == pytest.approx(x.mean())
+    assert (hi - lo) / 2 == pytest.approx(1.96 * x.std(ddof=1) / np.sqrt(len(x)), rel=0.1)
+    # fresh samples each time: the 95% interval covers the true mean about 95% of the time
+    hits = 0
+    for k in range(200):
+        _, lo, hi, _ = agreement.bootstrap_mean(rng.normal(0.4, 1.0, 60), n_boot=400, seed=k)
+        hits += lo <= 0.4 <= hi
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_kd_differences_pair_each_example_and_seed():
+    rows = []
+    for seed in (0, 1):
+        for i in range(30):
+            base = 0.5 + 0.01 * i + 0.05 * seed
+            for mode, value in (("independent", base), ("distilled", base + 0.1 + 0.02 * seed)):
+                rows.append({"model": "S", "mode": mode, "seed": seed, "id": f"c{i}", "cosine": value})
+    per_example = pd.DataFrame(rows).reindex(columns=["model", "mode", "seed", "id", *agreement.AGREEMENT_METRICS,
+                                                       *agreement.FAITHFULNESS_METRICS])
+    kd = agreement.kd_differences(per_example, n_boot=200)
+    assert kd["metric"].tolist() == ["cosine"]  # metrics without values give no row
+    row = kd.iloc[0]
+    # every example's difference, averaged over its two seeds, is 0.11: a zero-width interval at 0.11
+    assert row["n"] == 30 and row["diff"] == pytest.approx(0.11)
+    assert row["ci_low"] == pytest.approx(0.11) and row["ci_high"] == pytest.approx(0.11)
+
+
 def test_faithfulness_removing_the_evidence_moves_probability(examples):
     model = tiny()
     targets = torch.tensor([0, 1, 0, 1])
@@ -230,8 +261,7 @@ def test_stage_writes_every_documented_file(run_folder, capsys):
     assert {"model", "mode", "seed", "n_examples", "seconds", "seconds_per_example"} <= set(timing.columns)
     assert len(timing) == 4 and not timing["cached"].any()
     assert "<script>" not in (out / "examples.html").read_text()
-    loaded = attribution_stage.load_summary(run_folder)
-    pd.testing.assert_frame_equal(loaded["summary"], summary)
+    pd.testing.assert_frame_equal(res["summary"], summary, check_dtype=False)  # what the stage returns is on disk
     figs = [attribution_view.agreement_heatmap(res["summary"], run_folder),
             attribution_view.similarity_distributions(res["per_example"], res["summary"], run_folder),
             attribution_view.kd_diff_plot(res["kd_diff"], run_dir=run_folder),

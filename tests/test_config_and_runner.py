@@ -39,7 +39,7 @@ def test_overrides_are_typed():
     ("seeds", "[]", "seeds"), ("val_frac", "0.85", "val_frac"), ("precision", "fp16", "precision"),
     ("arms", "distilled", "arms"), ("arms", "independent,chainsaw", "arms"), ("bench_seeds", "9", "bench_seeds"),
     ("student_lr_grid", "[]", "student_lr_grid"), ("transfer_students", "NoSuchModel", "transfer_students"),
-    ("workers", "0", "workers"), ("test_n", "-5", "test_n"),
+    ("workers", "0", "workers"), ("test_n", "-5", "test_n"), ("max_len", "7", "max_len"),
 ])
 def test_invalid_values_are_rejected_naming_the_parameter(name, value, needle):
     with pytest.raises(ConfigError, match=needle):

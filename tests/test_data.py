@@ -139,6 +139,17 @@ def test_invalid_split_fractions_are_refused(tmp_path, kwargs):
     assert not (tmp_path / "r").exists()
 
 
+def test_prepare_and_the_profile_validator_share_one_max_len_bound(tmp_path):
+    from helpers.config import MIN_MAX_LEN, ConfigError, resolve
+
+    good = str(write_cases(tmp_path / "good.csv"))
+    with pytest.raises(ValueError, match=f"max_len must be at least {MIN_MAX_LEN}"):
+        data.prepare(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1)
+    with pytest.raises(ConfigError, match="max_len"):
+        resolve("smoke", overrides=[("max_len", str(MIN_MAX_LEN - 1))])
+    assert not (tmp_path / "r").exists()
+
+
 def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
     extra = [{"ID": 999, "first_party": "", "second_party": "", "facts": "<p>Party names unknown here.</p>",
               "first_party_winner": "FALSE", "issue_area": "Privacy"}]
@@ -234,7 +245,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
                                                     .read_text().splitlines()) for c in r["cues"]}
     for rec in lines:
         assert 0 < rec["rule_prob"] < 1
-        for start, end, cue in rec["spans"]:
+        for start, end, _cue in rec["spans"]:
             assert (int(rec["id"]), texts[rec["id"]][start:end]) in phrases
 
 
@@ -293,3 +304,24 @@ def test_transfer_csv_labels_are_ignored_and_sizes_too_large_are_refused(tmp_pat
     with pytest.raises(data.DataError, match="val_n"):
         data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
     assert not (tmp_path / "run2" / "data").exists()
+
+
+def test_a_near_duplicate_group_with_both_labels_stays_in_one_split():
+    # 60 single-case groups per label plus 12 groups holding cases of both labels (conflicting duplicates)
+    labels, groups = [], []
+    for c in (0, 1):
+        for i in range(60):
+            labels.append(c)
+            groups.append(f"solo-{c}-{i}")
+    for g in range(12):
+        for c in (0, 1, g % 2):
+            labels.append(c)
+            groups.append(f"mixed-{g}")
+    labels, groups = pd.Series(labels), pd.Series(groups)
+    for seed in range(5):
+        split = data.stratified_group_split(labels, groups, val_frac=0.2, test_frac=0.2, seed=seed)
+        assert split.notna().all() and set(split) == {"train", "val", "test"}
+        per_group = split.groupby(groups).nunique()
+        assert (per_group == 1).all(), per_group[per_group > 1]
+        for name in ("train", "val", "test"):
+            assert set(labels[split == name]) == {0, 1}

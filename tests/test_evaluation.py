@@ -6,8 +6,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from helpers.evaluation import (_metric_from_probs, classification_metrics, expected_calibration_error, holm,
-                                is_collapsed, kd_gain_table, paired_difference, verdict)
+from helpers.evaluation import (
+    _metric_from_probs,
+    classification_metrics,
+    expected_calibration_error,
+    holm,
+    is_collapsed,
+    kd_gain_table,
+    paired_difference,
+    predicted_class,
+    verdict,
+)
 
 
 def test_fast_metrics_equal_sklearn():
@@ -15,7 +24,7 @@ def test_fast_metrics_equal_sklearn():
     for n in (5, 40, 199):
         labels = rng.integers(0, 2, n)
         probs = np.round(rng.random(n), 2)  # rounding makes ties
-        preds = (probs >= 0.5).astype(int)
+        preds = predicted_class(probs)
         assert _metric_from_probs("macro_f1", probs, labels, preds) == pytest.approx(
             f1_score(labels, preds, average="macro", zero_division=0))
         assert _metric_from_probs("roc_auc", probs, labels, preds) == pytest.approx(roc_auc_score(labels, probs))
@@ -124,3 +133,32 @@ def test_verdict_lines():
     assert "Holm-adjusted p = 0.01" in verdict(0.05, 0.01, 0.09, p_adjusted=0.01)
     assert verdict(0.0, 0.0, 0.0, did_not_learn="S did not learn").startswith("not comparable")
     assert verdict(0.05, 0.01, 0.09, meaningful=False, teacher_name="T").startswith("not meaningful")
+
+
+def test_a_tie_goes_to_class_0_from_logits_and_from_probabilities(tmp_path):
+    from helpers.checkpoints import teacher_predictions
+
+    tied = np.zeros((3, 2))  # equal logits: P(label = 1) = 0.5 exactly
+    labels = np.array([0, 0, 1])
+    m = classification_metrics(tied, labels)
+    assert m["positive_rate"] == 0.0 and m["accuracy"] == pytest.approx(2 / 3)
+    assert predicted_class(np.array([0.5, 0.5000001, 0.4999999])).tolist() == [0, 1, 0]
+    probs = np.full(3, 0.5)
+    assert _metric_from_probs("accuracy", probs, labels, labels) == pytest.approx(m["accuracy"])
+    assert _metric_from_probs("agreement", probs, labels, np.zeros(3, dtype=int)) == 1.0
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "models.json").write_text('{"teacher": {"name": "T"}}')
+    pd.DataFrame({"model": "T", "mode": "teacher", "seed": 0, "id": ["a", "b"], "label": [0, 1],
+                  "prob_1": [0.5, 0.75]}).to_csv(tmp_path / "models" / "predictions.csv", index=False)
+    assert teacher_predictions(tmp_path).to_dict() == {"a": 0, "b": 1}
+
+
+def test_auc_is_nan_only_when_a_split_holds_one_class():
+    from helpers import data
+    from helpers.evaluation import safe_auc
+
+    both, one = np.array([0, 1, 1, 0]), np.ones(4, dtype=int)
+    constant = np.zeros(4, dtype=int)  # the majority-class baseline: a constant score, every pair a tie
+    assert data._metrics(both, constant, None)["roc_auc"] == 0.5 == safe_auc(both, constant)
+    assert np.isnan(data._metrics(one, constant, None)["roc_auc"]) and np.isnan(safe_auc(one, np.arange(4)))
+    assert data._round({"roc_auc": float("nan"), "accuracy": 0.123456}) == {"roc_auc": None, "accuracy": 0.1235}

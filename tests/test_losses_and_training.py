@@ -8,9 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.evaluation import softmax
 from helpers.models import REGISTRY, build_model
-from helpers.training import (ARMS, CaseDataset, TrainConfig, _arm_loss, autocast, batch_order, collate,
-                              distillation_loss, encode, predict_logits, resolve_precision, train)
+from helpers.training import (
+    ARMS,
+    CaseDataset,
+    TrainConfig,
+    _arm_loss,
+    autocast,
+    batch_order,
+    collate,
+    distillation_loss,
+    encode,
+    predict_logits,
+    resolve_precision,
+    train,
+)
 
 
 def _hand_kd(s, t, y, alpha, T, labelled=None):
@@ -183,6 +196,21 @@ def test_predict_logits_batches_by_length_but_returns_input_order():
     model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0).eval()
     one_by_one = np.concatenate([predict_logits(model, [e], batch_size=1) for e in enc])
     np.testing.assert_allclose(predict_logits(model, enc, batch_size=7), one_by_one, atol=1e-5)
+
+
+def test_predict_logits_takes_padded_tensors_and_a_deployed_variant():
+    from helpers.deployment import deploy, predict_proba
+    from helpers.training import collate
+
+    enc, _ = _tiny_data(n=9)
+    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0).eval()
+    ragged = predict_logits(model, enc, batch_size=4)
+    padded = collate(enc)
+    np.testing.assert_allclose(predict_logits(model, padded, batch_size=4), ragged, atol=1e-5)
+    fp32 = deploy(model, "fp32", torch.device("cpu"))
+    np.testing.assert_allclose(predict_logits(fp32, padded, batch_size=4), ragged, atol=1e-5)
+    np.testing.assert_allclose(predict_proba(fp32, padded, batch_size=4), softmax(ragged)[:, 1], atol=1e-5)
+    assert predict_logits(model, []).shape == (0, 2)
 
 
 def test_precision_resolution_and_bf16_training():

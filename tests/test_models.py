@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.models import (PAPER_SPECS, REGISTRY, ModelSourceError, build_model, count_params, get_spec,
-                            load_model, load_spec, save_model)
+from helpers.models import (
+    PAPER_SPECS,
+    REGISTRY,
+    ModelSourceError,
+    build_model,
+    count_params,
+    get_spec,
+    load_model,
+    load_spec,
+    save_model,
+)
 
 # Parameter counts in millions (total, non-embedding) with the bert-base-uncased vocabulary and 2 labels;
 # MEASURED.md has the same to one decimal. The seed claimed 110 / 66 / 29 / 14 / 33 / 11.

@@ -13,8 +13,15 @@ import pytest
 
 from helpers.config import REPO_ROOT, defaults, profile_path, read_yaml
 from helpers.notebook_setup import work_from_project_root
-from helpers.runner import HASH_EXCLUDED, QUIET_KERNEL, _kernel_environment, discover_stages, is_complete, \
-    manifest_path, parameter_cell
+from helpers.runner import (
+    HASH_EXCLUDED,
+    QUIET_KERNEL,
+    _kernel_environment,
+    discover_stages,
+    is_complete,
+    manifest_path,
+    parameter_cell,
+)
 from helpers.staleness import check_run_folder, infer_stage
 
 STAGES = discover_stages()

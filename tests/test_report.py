@@ -74,7 +74,8 @@ def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = 
                           "latency_ms_b1": 2.0 + i, "latency_ms_b32": 100.0 * params / 20_000_000,
                           "speedup_vs_teacher_b32": 20_000_000 / params})
         lo, hi, p = dist - ind - 0.03, dist - ind + 0.03, 0.001 if dist - ind > 0.03 else 0.5
-        gains.append({"model": name, "arm": "distilled", "against": "independent", "metric": "accuracy", "n_seeds": 2, "independent_mean": ind,
+        gains.append({"model": name, "arm": "distilled", "against": "independent", "metric": "accuracy",
+                      "n_seeds": 2, "independent_mean": ind,
                       "independent_std": 0.007, "arm_mean": dist, "arm_std": 0.007, "diff": dist - ind,
                       "ci_low": lo, "ci_high": hi, "se": 0.01, "p_value": p, "seed_sd": 0.01,
                       "meaningful": not collapsed, "did_not_learn": "", "p_adjusted": p, "ci_half_width": 0.03,

@@ -26,7 +26,7 @@ def test_notebook_is_committed_clean_and_thin(stage):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{stage.path.name} has outputs"
-            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.startswith("%")))
+            tree = ast.parse("\n".join(line for line in cell.source.splitlines() if not line.startswith("%")))
             assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], \
                 f"{stage.path.name} defines a function: it belongs in helpers/"
             assert "sys.path" not in cell.source
@@ -54,3 +54,15 @@ def test_environment_yml_lists_the_same_pins_as_pyproject():
     assert set(pip) - {"-e ."} == pins
     assert all("==" in p for p in pins), "every dependency pinned exactly"
     assert "torch==2.13.0" in pins
+
+
+def test_stage_functions_take_everything_after_run_dir_by_keyword():
+    import inspect
+
+    from helpers import attribution_stage, benchmark, data, students, teacher
+
+    for fn in (data.prepare, teacher.run_teacher_stage, students.run_student_stage,
+               attribution_stage.run_attribution_stage, benchmark.benchmark_run):
+        first, *rest = inspect.signature(fn).parameters.values()
+        assert first.name == "run_dir", fn.__name__
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), fn.__name__

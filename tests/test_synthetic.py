@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -54,10 +53,15 @@ def test_rationale_phrases_appear_in_cleaned_facts(tmp_path):
     assert n_cues > len(records) * 0.8
 
 
-def test_generation_is_fast(tmp_path):
-    start = time.perf_counter()
-    generate_justice_csv(tmp_path / "justice.csv", 1600, 7)
-    assert time.perf_counter() - start < 2.0
+def test_generation_writes_the_requested_cases_and_returns_what_it_wrote(tmp_path):
+    # Replaces a wall-clock assertion (under 2 s), which tested the machine rather than the generator.
+    path = tmp_path / "justice.csv"
+    df = generate_justice_csv(path, 1600, 7)
+    written = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert len(written) == len(df) and written["ID"].tolist() == df["ID"].astype(str).tolist()
+    # n distinct cases, plus the documented ~0.5% exact duplicates that the data stage must remove
+    assert len(df) - df.duplicated(subset=["facts", "first_party", "second_party"]).sum() == 1600
+    assert len(rationales_path(path).read_text().splitlines()) == len(df)
 
 
 @pytest.fixture(scope="module")
