@@ -29,7 +29,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
     verdicts = {}
     for tag, run in (("a", run_a), ("b", run_b)):
         g = pd.read_csv(run / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
-        verdicts[tag] = {(r.model, r.arm): r.verdict.split(":")[0] for r in g[g["metric"] == "accuracy"].itertuples()}
+        g = g[(g["metric"] == "accuracy") & (g["against"] == "independent")]
+        verdicts[tag] = {(r.model, r.arm): r.verdict.split(":")[0] for r in g.itertuples()}
     rows = []
     for (model, mode), ga in pa.groupby(["model", "mode"], sort=False):
         gb = pb[(pb["model"] == model) & (pb["mode"] == mode)]
