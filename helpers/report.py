@@ -235,7 +235,7 @@ def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict
                 f"{arm} vs {against}: no student shows evidence that it helped")
         text += f"; hurt {', '.join(hurt)}" if hurt else ""
         text += f"; not comparable (did not learn) {', '.join(dnl)}" if dnl else ""
-        parts.append(f"{text} ({len(rows)} students)")
+        parts.append(f"{text} ({len(rows)} student{'s' if len(rows) != 1 else ''})")
     kd = "; ".join(parts) + " (test accuracy, Holm-adjusted p < 0.05)." if parts else "No student was trained."
     return f"{kd} {rec['text']}"
 

@@ -128,7 +128,8 @@ def render_report(run_dir: str | Path, summary: dict[str, Any], tables: Mapping[
              f"teacher {_esc(t['name'])} ({t['params'] / 1e6:.1f}M parameters)</p>",
              f"<p><b>Question.</b> {_esc(summary['question'])}</p>",
              f"<div class='{box}'><p><b>Answer.</b> {_esc(summary['headline'])}</p><ul>",
-             *[f"<li><code>{_esc(v['model'])}</code>: {_esc(v['text'])}</li>" for v in summary["verdicts"]],
+             *[f"<li><code>{_esc(v['model'])}</code> · {_esc(v['arm'])} vs {_esc(v['against'])}: {_esc(v['text'])}</li>"
+               for v in summary["verdicts"]],
              f"</ul><p><b>Recommendation.</b> {_esc(rec['text'])}</p></div>"]
     if t["collapsed"]:
         parts.append(f"<p class='warn'>The teacher collapsed: its test accuracy {t['accuracy']:.3f} does not beat "
