@@ -77,7 +77,7 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
-    splits = data_mod.load_cases(run_dir)
+    splits = load_cases(run_dir)
     card = data_mod.load_data_card(run_dir)
     encoded = encode_splits(splits, max_len)
     labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
