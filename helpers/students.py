@@ -193,6 +193,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                       teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
                       device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
                       model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
+                      transfer_curve: list[float] | None = None, transfer_curve_seeds: list[int] | None = None,
                       workers: int = 1, threads: int = 2) -> dict[str, Any]:
     """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
 
@@ -203,6 +204,9 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         lr_grid, lr_grid_warm: learning rates tried on the first seed for random-init students and for students
             that start from teacher layers or pretrained weights; the one with the best mean validation
             `selection_metric` over the independent and distilled arms is used for every arm and seed of that student.
+        transfer_curve, transfer_curve_seeds: extra transfer-pool sizes (multiples of the labelled training set) for
+            one student's distilled_transfer curve (curve_student), trained on those seeds in the same worker pool
+            as the stage's runs; writes models/transfer_curve.csv ([] or None: no curve, the file is removed).
         precision: must resolve to the teacher's precision (teacher_metrics.json): one precision per run.
         workers: training processes run side by side (CPU only), each with threads // workers torch threads; every
             run is seeded, so the results do not depend on which worker ran it.
@@ -279,7 +283,14 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         jobs = [Job(n, arm, seed, chosen[n], final=True) for n in students for seed in seeds for arm in arms
                 if (arm not in TRANSFER_ARMS or n in transfer_students) and (n, arm, seed) not in
                 {(k[0], k[1], seeds[0]) for k in reused}]
-        finals = _run_jobs(jobs, pool, "runs") + list(reused.values())
+        curve_name = curve_student(students, arms, transfer_students) if transfer_curve else None
+        curve_seeds = list(transfer_curve_seeds or seeds[:1])
+        if curve_name is not None:  # the curve's extra points ride in the same pool, after the stage's own runs
+            jobs += _curve_jobs(curve_name, list(transfer_curve), curve_seeds, chosen[curve_name],
+                                len(shared.train_set), len(shared.transfer_set), n_transfer)
+        done = _run_jobs(jobs, pool, "runs")
+        finals = [r for r in done if r["job"].final] + list(reused.values())
+        curve_runs = [r for r in done if not r["job"].final]
     finally:
         if pool is not None:
             pool.close()
@@ -313,7 +324,48 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     gain = kd_gain_table(preds.astype({"id": str}), students, teacher_predictions(run_dir),
                          meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n, runs=runs)
     write_csv(run_dir / "models" / "kd_gain.csv", gain)
-    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table}
+    curve = None
+    if curve_name is not None:
+        curve = _write_curve(run_dir, curve_name, curve_seeds, curve_runs, shared, n_transfer)
+    else:
+        (run_dir / "models" / "transfer_curve.csv").unlink(missing_ok=True)
+    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table, "transfer_curve": curve}
+
+
+def curve_student(students: list[str], arms: list[str], transfer_students: list[str] | None) -> str | None:
+    """The student whose transfer curve is drawn: the last transfer student (None without distilled_transfer)."""
+    name = (list(transfer_students or []) or students)[-1]
+    return name if name in students and "distilled_transfer" in arms else None
+
+
+def _curve_jobs(student: str, multiples: list[float], seeds: list[int], lr: float, n_train: int, pool: int,
+                transfer_n: int) -> list[Job]:
+    """Trial runs for the curve's extra points (0 and the stage's own transfer_n are the arms already trained)."""
+    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
+    return [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
+            for n in sizes if n not in (0, transfer_n) for seed in seeds]
+
+
+def _write_curve(run_dir: Path, student: str, seeds: list[int], results: list[dict[str, Any]], shared: Shared,
+                 transfer_n: int) -> pd.DataFrame:
+    """models/transfer_curve.csv: the curve's trial points plus the distilled (0) and distilled_transfer arms."""
+    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
+    rows = []
+    for arm, n in (("distilled", 0), ("distilled_transfer", transfer_n)):
+        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
+        for r in done.itertuples():
+            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
+    for res in results:
+        job = res["job"]
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
+                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
+    curve = pd.DataFrame(rows)
+    curve.insert(0, "model", student)
+    curve["multiple_of_train"] = (curve["transfer_n"] / len(shared.train_set)).round(2)
+    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
+    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
+    return curve
 
 
 def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float], seeds: list[int],
@@ -321,9 +373,10 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     """Accuracy of one student's distilled_transfer arm against the transfer-pool size, in multiples of the labelled
     training set (0: the distilled arm itself; the stage's own transfer_n is reused, not retrained).
 
-    Runs with the stage's saved settings (learning rate from lr_selection, budget, precision) and the given seeds;
-    each extra point is a trial run whose checkpoint is discarded. Writes models/transfer_curve.csv.
-    The test column is reported only; nothing is chosen from this curve.
+    Stage 03 draws this curve itself (`transfer_curve` parameter, in its own worker pool); this function redraws it
+    for other sizes or seeds from a finished stage. Runs with the stage's saved settings (learning rate from
+    lr_selection, budget, precision); each extra point is a trial run whose checkpoint is discarded. Writes
+    models/transfer_curve.csv. The test column is reported only; nothing is chosen from this curve.
     """
     run_dir = Path(run_dir)
     settings = read_json(run_dir / "models" / "student_settings.json")
@@ -332,19 +385,10 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     if mine.empty or "distilled_transfer" not in set(mine["mode"]):
         raise ValueError(f"student {student!r} has no distilled_transfer runs in {run_dir}: add it to "
                          f"transfer_students and rerun stage 03")
-    lr = float(mine["lr"].iloc[0])
     shared = load_shared(run_dir, settings)
-    n_train = len(shared.train_set)
-    pool = 0 if shared.transfer_set is None else len(shared.transfer_set)
-    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
-    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
-    rows = []
-    for arm, n in (("distilled", 0), ("distilled_transfer", settings["transfer_n"])):
-        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
-        for r in done.itertuples():
-            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
-    jobs = [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
-            for n in sizes if n not in (0, settings["transfer_n"]) for seed in seeds]
+    pool_size = 0 if shared.transfer_set is None else len(shared.transfer_set)
+    jobs = _curve_jobs(student, multiples, seeds, float(mine["lr"].iloc[0]), len(shared.train_set), pool_size,
+                       settings["transfer_n"])
     pool_ = None
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
@@ -358,17 +402,7 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
             pool_.close()
             pool_.join()
         shutil.rmtree(run_dir / "models" / "students" / ".trials", ignore_errors=True)
-    for res in results:
-        job = res["job"]
-        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
-        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
-                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
-    curve = pd.DataFrame(rows)
-    curve.insert(0, "model", student)
-    curve["multiple_of_train"] = (curve["transfer_n"] / n_train).round(2)
-    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
-    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
-    return curve
+    return _write_curve(run_dir, student, seeds, results, shared, settings["transfer_n"])
 
 
 def runs_summary(run_dir: str | Path) -> pd.DataFrame:

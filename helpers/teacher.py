@@ -39,7 +39,7 @@ def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
     encoded = encode_splits(cases, job["max_len"])
     labels = {s: cases[s]["label"].to_numpy() for s in SPLITS}
     spec = get_spec(job["teacher"], job["model_overrides"])
-    model = build_model(spec, seed=job["seed"])
+    model = build_model(spec, seed=job["seed"], keep_ids=job["keep_ids"])
     out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
     bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
     cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
@@ -68,12 +68,16 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
                       teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
                       class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
                       precision: str = "auto", model_overrides: dict[str, str] | None = None,
-                      progress: bool = True, workers: int = 1, threads: int = 2) -> dict[str, Any]:
+                      trim_vocab: bool = True, progress: bool = True, workers: int = 1,
+                      threads: int = 2) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
     recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
     (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each.
+    With `trim_vocab` each teacher keeps only the word-embedding rows of the wordpieces the run's texts use
+    (data/vocab.json; token ids unchanged, other wordpieces map to [UNK]): on every text of the run it computes
+    what the full model would, while AdamW stops updating ~30k rows no case looks up.
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
@@ -87,7 +91,8 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
              "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
              "max_steps": teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": teacher_lr,
              "selection_metric": selection_metric, "class_weighted": class_weighted, "device": device,
-             "precision": precision, "progress": progress}
+             "precision": precision, "progress": progress,
+             "keep_ids": data_mod.load_vocabulary(run_dir) if trim_vocab else None}
             for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
                                                                                "teacher_ceiling"))]
     workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
@@ -130,7 +135,7 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
         "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
             ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
         "collapsed": collapsed, "collapse_gate_split": "val",
-        "precision": precision,
+        "precision": precision, "trim_vocab": bool(trim_vocab),
         "majority_rate": card["majority_rate"],
         "majority_val_accuracy": base["majority"]["val"]["accuracy"],
         "majority_test_accuracy": base["majority"]["test"]["accuracy"],

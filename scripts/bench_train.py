@@ -3,7 +3,8 @@
 For each model (the default profile's teacher and students) both loops train the same architecture from the same
 seed on the same batches (synthetic cases, batch 16, max_len 64) and the script prints training examples per
 second inside training steps and the ratio suite / bare. The suite path is `helpers.training.train` with the
-run's precision (`auto`: bf16 autocast on CPUs with native bf16) and, for students, the trimmed vocabulary; the
+run's precision (`auto`: bf16 autocast on CPUs with native bf16) and the trimmed vocabulary (teacher and students, as
+in the stages); the
 bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on the machine while it measures.
 
     python scripts/bench_train.py [--steps 40] [--rounds 3] [--threads 2] [--precision auto] [--models ...]
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=p["max_len"])
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--no-trim", action="store_true", help="students keep the full vocabulary")
+    parser.add_argument("--no-trim", action="store_true", help="teacher and students keep the full vocabulary")
     parser.add_argument("--models", nargs="+", default=[p["teacher"], *p["students"]])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path)")
     args = parser.parse_args()
@@ -94,20 +95,19 @@ def main() -> None:
     teacher = build_model(get_spec(p["teacher"]), seed=0)
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len {args.max_len}, "
           f"suite precision "
-          f"{precision}, students' vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
+          f"{precision}, vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps, median examples/s inside training steps")
     print(f"{'model':<22} {'bare fp32':>10} {'suite':>10} {'ratio':>7} {'suite KD':>10} {'KD/indep':>9}")
     for name in args.models:
         spec = get_spec(name)
         lr = 1e-4 if spec.role == "teacher" else 1e-3
-        student_keep = None if spec.role == "teacher" else keep
         bare, suite, kd = [], [], []
         batches = batch_order(len(data), 16, args.steps + 3, seed=0)
         for _ in range(args.rounds):
             bare.append(bare_loop(build_model(spec, teacher=teacher, seed=0), data, batches, lr, args.device))
-            suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+            suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=keep), data,
                                     args.steps, lr, precision, device=args.device))
-            kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+            kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=keep), data,
                                  args.steps, lr, precision, mode="distilled", device=args.device))
         b, s, k = statistics.median(bare), statistics.median(suite), statistics.median(kd)
         print(f"{name:<22} {b:>10.1f} {s:>10.1f} {s / b:>6.2f}x {k:>10.1f} {s / k:>8.3f}x", flush=True)

@@ -44,3 +44,27 @@ def test_online_teacher_matches_the_cached_logits(tiny_run, tmp_path):
              for mode, d in (("cached", tiny_run), ("online", online_dir))}
     assert len(preds["cached"]) > 0
     np.testing.assert_allclose(preds["online"], preds["cached"], atol=1e-3)
+
+
+def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
+    run_dir = tmp_path / "run"
+    data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN, synthetic_transfer_n=150)
+    run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=0,
+                      ceiling_seed=1, batch_size=16, max_len=MAX_LEN, precision="fp32", progress=False)
+    common = dict(students=["Smoke_Tiny_1x32"], arms=["independent", "distilled", "distilled_transfer"], seeds=[0, 1],
+                  max_steps=12, eval_every=6, patience=0, lr_grid=[2e-3], lr_grid_warm=[2e-3], batch_size=16,
+                  alpha=0.5, temperature=4.0, max_len=MAX_LEN, transfer_n=150, precision="fp32", bootstrap_n=20,
+                  workers=1, threads=1)
+    out = run_student_stage(run_dir, transfer_curve=[0.5], transfer_curve_seeds=[1], **common)
+    curve = pd.read_csv(run_dir / "models" / "transfer_curve.csv")
+    n_train = len(data.load_cases(run_dir)["train"])
+    extra = int(round(0.5 * n_train))
+    # 0 (the distilled arm) and 150 (the stage's own transfer arm) are read back; only the extra size is trained.
+    assert sorted(curve["transfer_n"].unique()) == sorted({0, extra, 150})
+    assert set(curve["seed"]) == {1} and set(curve["split"]) == {"val", "test"}
+    pd.testing.assert_frame_equal(out["transfer_curve"], curve, check_dtype=False)
+    runs = pd.read_csv(run_dir / "models" / "student_runs.csv")
+    assert len(runs) == 6  # the curve's trial run is not one of the stage's runs
+    assert not (run_dir / "models" / "students" / ".trials").exists()
+    again = run_student_stage(run_dir, transfer_curve=[], **common)
+    assert again["transfer_curve"] is None and not (run_dir / "models" / "transfer_curve.csv").exists()
