@@ -91,14 +91,15 @@ def chain_text(run_dir: str | Path) -> str:
     parts = [f"{first['student']} is the first link: it learns from the teacher (a {first['teacher/student params']}x "
              f"size gap), so its chain runs are its distilled runs."]
     for r in rows[1:]:
-        parts.append(f"{r['student']} learned from {r['learns from'].split(' (')[0]}, {r['teacher/student params']}x "
-                     f"its size instead of {r['teacher gap (direct)']}x, whose own test accuracy is "
-                     f"{r['teacher test accuracy']:.3f}: chain {r['chain accuracy']} vs direct "
-                     f"{r['direct (distilled) accuracy']}, chain − direct {r['chain − direct']} "
-                     f"{r['95% CI (unadjusted)']}, Holm p {r['Holm p']}: {r['verdict']}.")
+        parts.append(f"{r['student']} learned from {r['learns from'].split(' (')[0]} ({r['teacher/student params']}x "
+                     f"its size instead of the teacher's {r['teacher gap (direct)']}x; that model tests at "
+                     f"{r['teacher test accuracy']:.3f}, the teacher at {first['teacher test accuracy']:.3f}): chain "
+                     f"{r['chain accuracy']} vs direct {r['direct (distilled) accuracy']}, chain − direct "
+                     f"{r['chain − direct']} {r['95% CI (unadjusted)']}, Holm p {r['Holm p']}: {r['verdict']}.")
     verdicts = [r["verdict"] for r in rows[1:]]
     helped = sum(v.endswith("helped") for v in verdicts)
     hurt = sum(v.endswith("hurt") for v in verdicts)
+    lost = sum(v.startswith("not comparable") for v in verdicts)
     if helped and not hurt:
         parts.append("Here the intermediate teacher bridged the gap: the teacher-assistant effect shows.")
     elif hurt and not helped:
@@ -106,6 +107,9 @@ def chain_text(run_dir: str | Path) -> str:
                      "the gap to the large one took away.")
     elif helped or hurt:
         parts.append("The chain helped some students and hurt others.")
+    elif lost == len(verdicts):
+        parts.append("No chain student is comparable (one of its arms predicts one class on validation in every "
+                     "seed): this run says nothing about teacher assistants.")
     else:
         parts.append("At this run's resolution the chain and direct distillation cannot be told apart: no evidence "
                      "that a teacher assistant helps at these size gaps (which is not evidence that it does not).")
