@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = "2"
-MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer"]
+SCHEMA_VERSION = "3"
+MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"]
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -50,6 +50,12 @@ MODEL_ENTRY = _object({
                         "ci_high": _NUM_OR_NULL, "p_value": _NUM_OR_NULL, "p_adjusted": _NUM_OR_NULL,
                         "n_seeds": _INT, "meaningful": {"type": "boolean"}, "did_not_learn": _STR, "verdict": _STR},
                        nullable=True),
+    # chain students only: chain - distilled (the previous student as teacher vs the teacher itself)
+    "chain_vs_direct": _object({"against": {"const": "distilled"}, "teacher": _STR, "teacher_params": _INT,
+                                "diff": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL,
+                                "p_value": _NUM_OR_NULL, "p_adjusted": _NUM_OR_NULL, "n_seeds": _INT,
+                                "meaningful": {"type": "boolean"}, "did_not_learn": _STR, "verdict": _STR},
+                               nullable=True),
 })
 
 SCHEMA: dict[str, Any] = {
