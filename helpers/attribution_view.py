@@ -134,9 +134,12 @@ def faithfulness_plot(summary: pd.DataFrame, run_dir: str | Path | None = None) 
     data["row"] = [_label(m, mo, s) for m, mo, s in zip(data["model"], data["mode"], data["seed"])]
     rows = list(dict.fromkeys(data.sort_values("mode", key=lambda m: m.map(
         {"teacher": 0, "ceiling": 1, "independent": 2, "distilled": 3}), kind="stable")["row"]))
-    fig = Figure(figsize=(5 * len(metrics), 0.4 * len(rows) + 2.5))
+    fig = Figure(figsize=(4.2 * len(metrics), 0.4 * len(rows) + 2.5))
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
-    hints = {"comprehensiveness": "higher = more faithful", "sufficiency": "lower = more faithful",
+    hints = {"comprehensiveness_own": "own predicted class, higher = more faithful",
+             "sufficiency_own": "own predicted class, lower = more faithful",
+             "comprehensiveness_teacher": "teacher's class, higher = more faithful",
+             "sufficiency_teacher": "teacher's class, lower = more faithful",
              "rationale_recall": "share of planted cues in the top-k"}
     for ax, metric in zip(axes, metrics):
         d = data[data["metric"] == metric].set_index("row").reindex(rows)
@@ -148,17 +151,21 @@ def faithfulness_plot(summary: pd.DataFrame, run_dir: str | Path | None = None) 
             ax.axvline(base["mean"].iloc[0], color="tab:red", ls="--", label="random ranking")
             ax.legend(fontsize=8)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(f"{metric}\n({hints[metric]})")
+        ax.set_title(f"{metric}\n({hints[metric]})", fontsize=9)
     axes[0].invert_yaxis()
     return _save(fig, run_dir, "04_faithfulness.png")
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv as one row per model x mode x seed and one 'mean [ci_low, ci_high]' column per metric."""
+    """summary.csv as one row per model x mode x seed and one 'mean [ci_low, ci_high]' column per metric; a cell
+    whose mean left out examples for their convergence delta says how many, and `excluded` sums them per row."""
     labels = [_label(m, mo, s) for m, mo, s in zip(summary["model"], summary["mode"], summary["seed"])]
-    data = summary.assign(row=labels,
-                          cell=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-                                zip(summary["mean"], summary["ci_low"], summary["ci_high"])])
+    n_excl = summary["n_excluded"].fillna(0).astype(int) if "n_excluded" in summary else pd.Series(0, summary.index)
+    cells = [("–" if pd.isna(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]") + (f" ({k} excl.)" if k else "")
+             for m, lo, hi, k in zip(summary["mean"], summary["ci_low"], summary["ci_high"], n_excl)]
+    data = summary.assign(row=labels, cell=cells, n_excl=n_excl)
     cols = [m for m in AGREEMENT_METRICS + FAITHFULNESS_METRICS if m in set(data["metric"])]
-    return data.pivot(index="row", columns="metric", values="cell").reindex(
-        index=list(dict.fromkeys(data["row"])), columns=cols).fillna("")
+    rows = list(dict.fromkeys(data["row"]))
+    table = data.pivot(index="row", columns="metric", values="cell").reindex(index=rows, columns=cols).fillna("")
+    excl = data[data["mode"] != "baseline"].groupby("row")["n_excl"].max().reindex(rows).fillna(0).astype(int)
+    return table.assign(**{"excluded (|delta|)": excl.to_numpy()})

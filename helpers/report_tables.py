@@ -11,8 +11,9 @@ import pandas as pd
 from .report import QUESTION, STUDENT_MODES, kd_verdicts, load_tables, teacher_collapsed
 from .training_plots import baselines_frame
 
-ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness, rationale "
-                     "recall: mean [95% CI]")
+ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness for the "
+                     "model's own and the teacher's class, rationale recall: mean [95% CI]; examples whose "
+                     "|convergence delta| exceeds ig_delta_threshold are left out and counted (excl.).")
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
@@ -139,7 +140,7 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
             ["model", "variant"], sort=False, as_index=False)[
             ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
     if t.attributions is not None:
-        out[ATTRIBUTION_TITLE] = attribution_table(run)
+        out[f"{ATTRIBUTION_TITLE} {summary.get('attribution_scope') or ''}".strip()] = attribution_table(run)
     return out
 
 
