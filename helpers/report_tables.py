@@ -42,7 +42,8 @@ def kd_table(run_dir: str | Path) -> pd.DataFrame:
 
 
 def floor_ceiling(run_dir: str | Path) -> pd.DataFrame:
-    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per arm.
+    """Test accuracy of the references (majority, TF-IDF, teachers, the rule as oracle and within max_len) beside the
+    best student per arm.
 
     "Best" is chosen on validation accuracy (mean over seeds); the row shows that student's test figures.
     """
