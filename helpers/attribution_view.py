@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS
+from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS, excluded
 from .data import OUTCOME
 from .run_folder import save_figure as _save
 
@@ -85,10 +85,13 @@ def agreement_heatmap(summary: pd.DataFrame, run_dir: str | Path | None = None) 
 def similarity_distributions(per_example: pd.DataFrame, summary: pd.DataFrame,
                              run_dir: str | Path | None = None) -> Figure:
     """Per-example cosine and Spearman similarity to the teacher per student x mode, the ceiling as a band."""
-    students = per_example[per_example["mode"].isin(["independent", "distilled"])]
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2, sharey=False)
     for ax, metric in zip(axes, ["cosine", "spearman"]):
+        out = excluded(per_example, metric) & per_example[metric].notna()
+        shown = per_example["mode"].isin(["independent", "distilled"])
+        students = per_example[shown & ~out]  # flagged explanations are left out, as in every mean
+        n_out = int((shown & out).sum())
         if not students.empty:
             sns.boxplot(data=students, x="model", y=metric, hue="mode", hue_order=["independent", "distilled"],
                         ax=ax, showfliers=False)
@@ -98,7 +101,8 @@ def similarity_distributions(per_example: pd.DataFrame, summary: pd.DataFrame,
         if ceil is not None:
             ax.axhspan(ceil["ci_low"], ceil["ci_high"], color="tab:red", alpha=0.12)
             ax.axhline(ceil["mean"], color="tab:red", ls="--", label=f"ceiling (teacher vs teacher) {ceil['mean']:.2f}")
-        ax.set_title(f"{metric} similarity to the teacher, per example")
+        ax.set_title(f"{metric} similarity to the teacher, per example"
+                     + (f"\n({n_out} example(s) left out: |convergence delta| over the threshold)" if n_out else ""))
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=25)
         ax.legend(fontsize=8)

@@ -75,7 +75,7 @@ def _fmt_interval(s: dict[str, Any] | None) -> str:
         return "–"
     ci = (f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s.get("ci_low") is not None and s.get("ci_high") is not None
           else "")
-    return f"{s['mean']:.3f}{ci}"
+    return f"{s['mean']:.3f}{ci}" + (f" ({s['n_excluded']} excl.)" if s.get("n_excluded") else "")
 
 
 def models_table(summary: dict[str, Any]) -> pd.DataFrame:

@@ -180,7 +180,8 @@ def test_examples_over_the_delta_threshold_are_left_out_of_every_mean_and_counte
         for mode, value in (("teacher", np.nan), ("independent", 0.5), ("distilled", 0.7)):
             bad = i < 2 and mode == "distilled"  # an absurd value that a flagged explanation produced
             rows.append({"model": "T" if mode == "teacher" else "S", "mode": mode, "seed": 0, "id": f"c{i}",
-                         "cosine": 99.0 if bad else value, "comprehensiveness_teacher": 5.0 if bad else 0.2,
+                         "cosine": 99.0 if bad else value, "spearman": value,
+                         "comprehensiveness_teacher": 5.0 if bad else 0.2,
                          "comprehensiveness_own": 0.3, "flagged": bad, "flagged_own": False,
                          "teacher_flagged": i == 9})
     pe = pd.DataFrame(rows)
@@ -198,6 +199,8 @@ def test_examples_over_the_delta_threshold_are_left_out_of_every_mean_and_counte
     assert "(3 excl.)" in table.loc["S · distilled · s0", "cosine"]
     assert table.loc["S · distilled · s0", "excluded (|delta|)"] == 3
     assert table.loc["S · independent · s0", "excluded (|delta|)"] == 1
+    fig = attribution_view.similarity_distributions(pe, agreement.summarise(pe, n_boot=100))
+    assert "(4 example(s) left out" in fig.axes[0].get_title()  # 3 distilled + 1 independent
 
 
 def test_cache_key_follows_the_checkpoint_and_the_token_ids_not_the_case_ids(tmp_path, examples):
