@@ -94,7 +94,9 @@ def kd_verdicts(t: RunTables) -> list[dict[str, str]]:
 
 
 def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict[str, Any] | None:
-    """Cosine similarity of the model's attributions to the teacher's: mean and 95% CI over examples."""
+    """Cosine similarity of the model's attributions to the teacher's: mean and 95% CI resampling the explained
+    examples and seeds (agreement.bootstrap_examples_seeds), examples excluded for their convergence delta left out
+    and counted."""
     if t.attributions is None:
         return None
     rows = t.attributions[(t.attributions["model"] == name) & (t.attributions["mode"] == mode)
@@ -102,17 +104,29 @@ def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict
     if rows.empty or rows["mean"].isna().all():
         return None
     seeds = sorted(int(s) for s in rows["seed"])
+    n_excluded = int(rows["n_excluded"].sum()) if "n_excluded" in rows else 0
     if len(rows) == 1 or t.attribution_examples is None:
         r = rows.iloc[0] if len(rows) == 1 else rows.mean(numeric_only=True)
         return {"mean": float(rows["mean"].mean()), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
-                "seeds": seeds}
-    from .agreement import bootstrap_mean
+                "seeds": seeds, "n_excluded": n_excluded}
+    from .agreement import bootstrap_examples_seeds, excluded
 
-    # Several seeds explained: average each example over seeds, then bootstrap over examples.
     pe = t.attribution_examples
-    per_id = pe[(pe["model"] == name) & (pe["mode"] == mode)].groupby("id")["cosine"].mean()
-    mean, lo, hi, _ = bootstrap_mean(per_id.to_numpy(), n_boot)
-    return {"mean": float(mean), "ci_low": _num(lo), "ci_high": _num(hi), "seeds": seeds}
+    pe = pe[(pe["model"] == name) & (pe["mode"] == mode)]
+    table = pe["cosine"].where(~excluded(pe, "cosine")).groupby([pe["id"], pe["seed"]]).mean().unstack("seed")
+    mean, lo, hi, _ = bootstrap_examples_seeds(table.to_numpy(), n_boot)
+    return {"mean": float(mean), "ci_low": _num(lo), "ci_high": _num(hi), "seeds": seeds, "n_excluded": n_excluded}
+
+
+def attribution_scope(t: RunTables) -> str | None:
+    """What the attribution intervals cover, from the numbers of examples and student seeds stage 04 explained."""
+    if t.attribution_examples is None:
+        return None
+    from .agreement import interval_scope
+
+    pe = t.attribution_examples
+    seeds = pe.loc[~pe["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
+    return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1))
 
 
 def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:
@@ -282,6 +296,7 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
             "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
+            "attribution_scope": attribution_scope(t),
             "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}

@@ -11,8 +11,9 @@ import pandas as pd
 from .report import QUESTION, STUDENT_MODES, kd_verdicts, load_tables, teacher_collapsed
 from .training_plots import baselines_frame
 
-ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness, rationale "
-                     "recall: mean [95% CI]")
+ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness for the "
+                     "model's own and the teacher's class, rationale recall: mean [95% CI]; examples whose "
+                     "|convergence delta| exceeds ig_delta_threshold are left out and counted (excl.).")
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
@@ -117,7 +118,8 @@ def chain_text(run_dir: str | Path) -> str:
 
 
 def floor_ceiling(run_dir: str | Path) -> pd.DataFrame:
-    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per arm.
+    """Test accuracy of the references (majority, TF-IDF, teachers, the rule as oracle and within max_len) beside the
+    best student per arm.
 
     "Best" is chosen on validation accuracy (mean over seeds); the row shows that student's test figures.
     """
@@ -149,7 +151,7 @@ def _fmt_interval(s: dict[str, Any] | None) -> str:
         return "–"
     ci = (f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s.get("ci_low") is not None and s.get("ci_high") is not None
           else "")
-    return f"{s['mean']:.3f}{ci}"
+    return f"{s['mean']:.3f}{ci}" + (f" ({s['n_excluded']} excl.)" if s.get("n_excluded") else "")
 
 
 def models_table(summary: dict[str, Any]) -> pd.DataFrame:
@@ -219,7 +221,7 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
             ["model", "variant"], sort=False, as_index=False)[
             ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
     if t.attributions is not None:
-        out[ATTRIBUTION_TITLE] = attribution_table(run)
+        out[f"{ATTRIBUTION_TITLE} {summary.get('attribution_scope') or ''}".strip()] = attribution_table(run)
     return out
 
 
