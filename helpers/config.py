@@ -120,7 +120,8 @@ def validate(params: dict[str, Any]) -> None:
         _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] >= 0, name,
                f"must be an integer >= 0, got {params[name]!r}")
     _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
-    _check(params["task"] in ("outcome", "issue_area"), "task", f"must be outcome or issue_area, got {params['task']!r}")
+    _check(params["task"] in ("outcome", "issue_area"), "task",
+           f"must be outcome or issue_area, got {params['task']!r}")
     _check(isinstance(params["label_column"], str), "label_column", "must be a column name ('' = the task's own)")
     _check(params["rare_classes"] in ("merge", "drop"), "rare_classes", "must be merge or drop")
     _check(isinstance(params["min_class_count"], int) and not isinstance(params["min_class_count"], bool)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .data import load_classes
 from .run_folder import read_index, read_json, write_json
 from .summary_schema import SCHEMA_VERSION, validate_summary
 from .training import ARMS as STUDENT_MODES
@@ -243,6 +244,7 @@ def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict
 def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[str, Any]:
     """The whole answer of a run as a dict matching summary_schema.SCHEMA."""
     t = load_tables(run_dir)
+    task = load_classes(run_dir)
     models = model_entries(t)
     ts = t.teacher
     teacher = {"name": t.index["teacher"]["name"], "shape": t.index["teacher"].get("shape", ""),
@@ -261,7 +263,8 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
     return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
-            "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
+            "precision": str(t.teacher.get("precision", "fp32")), "task": task["task"], "classes": task["classes"],
+            "verdicts": verdicts, "data": t.card,
             "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}
