@@ -261,7 +261,9 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
                     f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
     paper = None if t.paper is None else json.loads(t.paper.to_json(orient="records"))  # NaN -> null
     return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "question": QUESTION if task["task"] == "outcome" else QUESTION.replace(
+                "case outcomes", f"a case's {task['label_column'].replace('_', ' ')} ({len(task['classes'])} classes)"),
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
             "precision": str(t.teacher.get("precision", "fp32")), "task": task["task"], "classes": task["classes"],
             "verdicts": verdicts, "data": t.card,
