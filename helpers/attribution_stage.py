@@ -19,7 +19,7 @@ from .attribution import (
     unit_scores,
 )
 from .attribution_view import render_html
-from .data import load_rationales
+from .data import load_classes, load_rationales
 from .models import load_model
 from .progress import progress
 from .training import predict_logits
@@ -135,7 +135,7 @@ def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, ma
     timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
     student_seeds = per_example.loc[~per_example["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
     scope = agreement.interval_scope(len(frame), max(int(student_seeds), 1))
-    html = render_html(examples, frame, scores, entries, n=3)
+    html = render_html(examples, frame, scores, entries, n=3, class_names=load_classes(run)["classes"])
     paths = {name: out / f"{name}.csv" for name in ("per_example", "summary", "kd_diff", "timing", "examples")}
     paths.update(examples_html=out / "examples.html", cache=out / "cache")
     per_example.to_csv(paths["per_example"], index=False)

@@ -30,17 +30,18 @@ def token_span(text: str, score: float, scale: float) -> str:
 
 
 def render_html(examples, frame: pd.DataFrame, scores: dict[str, list[np.ndarray]], entries: list[dict],
-                n: int = 3) -> str:
+                n: int = 3, class_names: list[str] | None = None) -> str:
     """Captum-style view of the first n examples: one row of coloured units per model, teacher first."""
     parts = ["<div style='font-family:sans-serif;font-size:13px'>",
              "<p>Green: evidence for the teacher's predicted class; red: against it; intensity = |score| "
              "(scaled per row). Hover a token for its L2-normalised score.</p>"]
+    names = dict(enumerate(class_names)) if class_names else OUTCOME
     for i in range(min(n, len(frame))):
         row = frame.iloc[i]
         pred = int(row["teacher_pred"])
         parts.append(f"<h4>case {html_lib.escape(str(row['id']))}: label {int(row['label'])} "
-                     f"({OUTCOME.get(int(row['label']), '')}), explained class {pred} "
-                     f"({OUTCOME.get(pred, '')})</h4>")
+                     f"({names.get(int(row['label']), '')}), explained class {pred} "
+                     f"({names.get(pred, '')})</h4>")
         parts.append(f"<details><summary>case text</summary><p>{html_lib.escape(str(row['text']))}</p></details>")
         parts.append("<table style='border-collapse:collapse'>")
         for e in entries:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .evaluation import classification_metrics, predicted_class, softmax
+from .evaluation import classification_metrics, predicted_class, prediction_frame, prob_columns, softmax
 from .models import count_params, full_vocabulary_params, get_spec
 from .run_folder import read_index, read_json, replace_rows
 
@@ -32,8 +32,9 @@ def record(entry: dict[str, Any], logits: dict[str, np.ndarray], labels: dict[st
                      "split": split, **m, "params": entry["params"],
                      "non_embedding_params": entry["non_embedding_params"]})
     preds = pd.DataFrame({"model": entry["name"], "mode": entry["mode"], "seed": entry["seed"], "id": test_ids.values,
-                          "label": labels["test"], "prob_1": softmax(logits["test"])[:, 1]})
-    return pd.DataFrame(rows), preds
+                          "label": labels["test"]})
+    probs = prediction_frame(test_ids.values, softmax(logits["test"])).reset_index(drop=True)
+    return pd.DataFrame(rows), pd.concat([preds, probs], axis=1)
 
 
 def replace_student_rows(run_dir: str | Path, metrics: pd.DataFrame, preds: pd.DataFrame, names: list[str]) -> None:
@@ -51,6 +52,8 @@ def teacher_predictions(run_dir: str | Path) -> pd.Series:
     """The teacher's predicted class on the test split, indexed by case id."""
     index = read_index(run_dir)
     preds = pd.read_csv(Path(run_dir) / "models" / "predictions.csv", dtype={"id": str})
-    t = preds[(preds["model"] == index["teacher"]["name"]) & (preds["mode"] == "teacher")]
-    prob_1 = t.set_index("id")["prob_1"]
-    return pd.Series(predicted_class(prob_1.to_numpy()), index=prob_1.index, name="prob_1")
+    t = preds[(preds["model"] == index["teacher"]["name"]) & (preds["mode"] == "teacher")].set_index("id")
+    cols = prob_columns(t)
+    probs = t[cols].to_numpy()
+    pred = predicted_class(probs, multiclass=True) if len(cols) > 1 else predicted_class(probs[:, 0])
+    return pd.Series(pred, index=t.index, name="prob_1")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoints import teacher_predictions
-from .evaluation import paired_difference, predicted_class
+from .evaluation import paired_difference, predicted_class, prob_columns
 from .run_folder import read_json
 
 
@@ -36,20 +36,23 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
         gb = pb[(pb["model"] == model) & (pb["mode"] == mode)]
         if gb.empty:
             continue
-        wa = ga.pivot_table(index="id", columns="seed", values="prob_1")
-        wb = gb.pivot_table(index="id", columns="seed", values="prob_1").loc[wa.index]
+        cols = prob_columns(ga)
+        wa = ga.pivot_table(index="id", columns="seed", values=cols[0])
+        wb = gb.pivot_table(index="id", columns="seed", values=cols[0]).loc[wa.index]
         seeds = sorted(set(wa.columns) & set(wb.columns))
         labels = ga.drop_duplicates("id").set_index("id").loc[wa.index, "label"].to_numpy()
-        a, b = wa[seeds].to_numpy().T, wb[seeds].to_numpy().T
+        a, b = (np.stack([g.pivot_table(index="id", columns="seed", values=c).loc[wa.index, seeds].to_numpy().T
+                          for c in cols], axis=-1).squeeze(-1) for g in (ga, gb))  # [seeds, n] or [seeds, n, K]
+        multi = len(cols) > 1
         acc = paired_difference(a, b, labels, labels, "accuracy", n_boot=n_boot)
         # agreement with each run's own teacher: score 1 where a model predicts its teacher's class
-        agree_a = (predicted_class(a) == ta.loc[wa.index].to_numpy()).astype(float)
-        agree_b = (predicted_class(b) == tb.loc[wa.index].to_numpy()).astype(float)
+        agree_a = (predicted_class(a, multi) == ta.loc[wa.index].to_numpy()).astype(float)
+        agree_b = (predicted_class(b, multi) == tb.loc[wa.index].to_numpy()).astype(float)
         ones = np.ones(len(labels), dtype=int)
         agr = paired_difference(agree_a, agree_b, ones, ones, "accuracy", n_boot=n_boot)
         rows.append({"model": model, "mode": mode, "seeds": len(seeds),
-                     "accuracy_a": float(np.mean(predicted_class(a) == labels)),
-                     "accuracy_b": float(np.mean(predicted_class(b) == labels)),
+                     "accuracy_a": float(np.mean(predicted_class(a, multi) == labels)),
+                     "accuracy_b": float(np.mean(predicted_class(b, multi) == labels)),
                      "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
                      "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
                      "agreement_ci_high": agr["ci_high"], "verdict_a": verdicts["a"].get((model, mode), ""),

@@ -120,6 +120,20 @@ def validate(params: dict[str, Any]) -> None:
         _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] >= 0, name,
                f"must be an integer >= 0, got {params[name]!r}")
     _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
+    _check(params["task"] in ("outcome", "issue_area"), "task",
+           f"must be outcome or issue_area, got {params['task']!r}")
+    _check(isinstance(params["label_column"], str), "label_column", "must be a column name ('' = the task's own)")
+    _check(params["rare_classes"] in ("merge", "drop"), "rare_classes", "must be merge or drop")
+    _check(isinstance(params["min_class_count"], int) and not isinstance(params["min_class_count"], bool)
+           and params["min_class_count"] >= 3, "min_class_count", "must be an integer >= 3 (one case per split)")
+    if params["task"] != "outcome":
+        from .data import check_template, label_column_for
+
+        try:
+            check_template(params["text_template"], label_column_for(params["task"], params["label_column"]))
+        except ValueError as err:
+            raise ConfigError(str(err) if str(err).startswith("parameter") else f"parameter text_template: {err}") \
+                from err
     _check(isinstance(params["trim_vocab"], bool), "trim_vocab", "must be true or false")
     from .training import ARMS
 

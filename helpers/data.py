@@ -27,7 +27,10 @@ from .run_folder import save_figure as _save
 
 SPLITS = ("train", "val", "test")
 TRANSFER = "transfer"  # key of the unlabelled transfer pool next to the splits (see load_cases)
-REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")
+REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")  # of the outcome task
+TASKS = {"outcome": "first_party_winner", "issue_area": "issue_area"}  # task -> its default label column
+OTHER = "Other"  # the class that rare classes merge into (rare_classes: merge)
+RARE_CLASSES = ("merge", "drop")
 TEMPLATE_FIELDS = ("first_party", "second_party", "facts", "term", "issue_area", "name")
 LEAKING_COLUMNS = ("majority_vote", "minority_vote", "decision_type", "disposition", "first_party_winner")
 LABEL_VALUES = {"TRUE": 1, "True": 1, "true": 1, "1": 1, "1.0": 1,
@@ -40,6 +43,7 @@ OUTCOME = {0: "second party wins", 1: "first party wins"}
 # model reads can support; cues truncated away cannot count).
 BAYES_ORACLE = "Bayes (oracle on generator inputs)"
 VISIBLE_RULE = "rule on the cues within max_len"
+CLASSES_FILE = "classes.json"
 _BLOCK_TAG = re.compile(r"</?(p|br|div|li|ul|ol|h[1-6]|blockquote|tr|td|table)\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]+>")
 
@@ -60,12 +64,27 @@ def _clean_field(value: object) -> str:
     return clean_facts(value) if isinstance(value, str) else ""
 
 
-def check_template(text_template: str) -> list[str]:
-    """Fields named by text_template; raises ValueError for unknown or outcome-leaking fields."""
+def label_column_for(task: str, label_column: str = "") -> str:
+    """The csv column holding the task's label: `label_column` when given, else the task's default."""
+    if task not in TASKS:
+        raise ValueError(f"parameter task: unknown task {task!r} (known: {', '.join(TASKS)})")
+    return label_column or TASKS[task]
+
+
+def check_template(text_template: str, label_column: str | None = None) -> list[str]:
+    """Fields named by text_template; raises ValueError for unknown, outcome-leaking or label fields.
+
+    `label_column`: the task's label column (e.g. issue_area), which the model text must not contain.
+    """
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(text_template) if f is not None]
     except ValueError as err:
         raise ValueError(f"text_template {text_template!r} is not a valid format string: {err}") from err
+    if label_column and label_column in fields:
+        raise ValueError(f"parameter text_template: {text_template!r} names {{{label_column}}}, the label column of "
+                         f"this task (parameter task / label_column): the model would read the answer. Remove "
+                         f"{{{label_column}}} from text_template, e.g. "
+                         f"'{{first_party}} v. {{second_party}}. {{facts}}'")
     leaking = [f for f in fields if f in LEAKING_COLUMNS]
     if leaking:
         raise ValueError(f"text_template {text_template!r} names {leaking}, which reveal the outcome and must "
@@ -89,7 +108,7 @@ def _check_params(val_frac: float, test_frac: float, max_len: int) -> None:
         raise ValueError(f"max_len must be at least {MIN_MAX_LEN} tokens, got {max_len}")
 
 
-def read_justice_csv(path: Path) -> pd.DataFrame:
+def read_justice_csv(path: Path, label_column: str = "first_party_winner") -> pd.DataFrame:
     """The csv at path as strings (blanks kept as ''), or DataError saying why it cannot be read."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -111,7 +130,8 @@ def read_justice_csv(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise DataError(f"{path}: could not be parsed as CSV: {err}") from err
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    required = [*REQUIRED_COLUMNS[:3], label_column]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         hint = " (is it a comma-separated CSV?)" if len(df.columns) <= 1 else ""
         raise DataError(f"{path}: required column(s) missing: {missing}; found {list(df.columns)[:20]}{hint}")
@@ -141,12 +161,15 @@ def _group_keys(texts: pd.Series) -> pd.Series:
     return texts.str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()
 
 
-def _check_class_sizes(labels: pd.Series, groups: pd.Series, path: str | Path) -> None:
-    counts = {c: int((labels == c).sum()) for c in (0, 1)}
-    n_groups = {c: int(groups[labels == c].nunique()) for c in (0, 1)}
+def _check_class_sizes(labels: pd.Series, groups: pd.Series, path: str | Path,
+                       names: list[str] | None = None) -> None:
+    names = names or [OUTCOME[0], OUTCOME[1]]
+    classes = range(len(names))
+    counts = {c: int((labels == c).sum()) for c in classes}
+    n_groups = {c: int(groups[labels == c].nunique()) for c in classes}
     if min(n_groups.values()) < 3:
-        detail = "; ".join(f"label {c} ({OUTCOME[c]}): {counts[c]} case(s) in {n_groups[c]} distinct text(s)"
-                           for c in (0, 1))
+        detail = "; ".join(f"label {c} ({names[c]}): {counts[c]} case(s) in {n_groups[c]} distinct text(s)"
+                           for c in classes)
         raise DataError(f"{path}: too few cases of a class to split: {detail}; a stratified train/val/test "
                         "split needs at least 3 distinct cases of each class (one per split)")
 
@@ -158,7 +181,7 @@ def stratified_group_split(labels: pd.Series, groups: pd.Series, val_frac: float
     rng = np.random.Generator(np.random.PCG64(seed))
     sizes = groups.value_counts()
     assign: dict[str, str] = {}
-    for c in (0, 1):
+    for c in sorted(first["label"].unique()):  # (0, 1) for the outcome task, every class id for K classes
         keys = first.loc[first["label"] == c, "group"].to_numpy()
         keys = keys[rng.permutation(len(keys))]
         n_c = int(sizes[keys].sum())
@@ -178,12 +201,19 @@ def stratified_group_split(labels: pd.Series, groups: pd.Series, val_frac: float
     return groups.map(assign)
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None) -> dict:
+def _metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None, n_classes: int = 2) -> dict:
     """accuracy, macro-F1 and ROC-AUC (of `score`, else of the hard predictions: 0.5 for a constant predictor;
-    NaN, written as null, when the split holds one class), computed as for the models (evaluation.safe_auc)."""
+    NaN, written as null, when the split holds one class), computed as for the models (evaluation.safe_auc;
+    one-vs-rest macro for K > 2 classes, where `score` is [n, K])."""
+    if score is None and n_classes > 2:
+        score = np.eye(n_classes)[pred]
     return {"accuracy": float(accuracy_score(y, pred)),
             "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
             "roc_auc": safe_auc(y, pred if score is None else score)}
+
+
+def _n_classes(splits: dict[str, pd.DataFrame]) -> int:
+    return max(2, int(max(splits[s]["label"].max() for s in SPLITS)) + 1)
 
 
 def _tfidf_logreg(splits: dict[str, pd.DataFrame]) -> tuple[dict, float]:
@@ -199,18 +229,30 @@ def _tfidf_logreg(splits: dict[str, pd.DataFrame]) -> tuple[dict, float]:
         if best is None or acc > best[0]:
             best = (acc, c, model)
     _, c, model = best
-    out = {s: _metrics(ys[s], model.predict(xs[s]), model.predict_proba(xs[s])[:, 1]) for s in ("val", "test")}
+    k = _n_classes(splits)
+
+    def scores(x):
+        proba = model.predict_proba(x)
+        if k == 2:
+            return proba[:, 1]
+        full = np.zeros((x.shape[0], k))
+        full[:, model.classes_] = proba
+        return full
+
+    out = {s: _metrics(ys[s], model.predict(xs[s]), scores(xs[s]), k) for s in ("val", "test")}
     return out, c
 
 
 def _majority_label(train: pd.DataFrame) -> int:
-    return int(train["label"].mean() > 0.5)
+    # the most frequent class id (a tie goes to the lower id: for 0/1 labels, 1 only when its rate exceeds 0.5)
+    return int(np.bincount(train["label"].to_numpy(int)).argmax())
 
 
 def _majority(splits: dict[str, pd.DataFrame]) -> dict:
     """Majority-class baseline (the train majority label) scored on val and test."""
     major = _majority_label(splits["train"])
-    return {s: _metrics(splits[s]["label"].to_numpy(int), np.full(len(splits[s]), major), None)
+    k = _n_classes(splits)
+    return {s: _metrics(splits[s]["label"].to_numpy(int), np.full(len(splits[s]), major), None, k)
             for s in ("val", "test")}
 
 
@@ -285,9 +327,10 @@ def _visible_rule_prob(cases: pd.DataFrame, rationales: list[dict], inside: list
             for area, rec, ins in zip(cases["issue_area"], rationales, inside)]
 
 
-def _model_texts(df: pd.DataFrame, path: Path, text_template: str, id_prefix: str = "") -> pd.DataFrame:
+def _model_texts(df: pd.DataFrame, path: Path, text_template: str, id_prefix: str = "",
+                 label_column: str | None = None) -> pd.DataFrame:
     """id, model text and the cleaned party/area/term columns of every row with non-empty facts."""
-    fields = check_template(text_template)
+    fields = check_template(text_template, label_column)
     absent = [f for f in fields if f not in df.columns]
     if absent:
         raise DataError(f"{path}: text_template {text_template!r} names column(s) {absent} the file lacks")
@@ -303,17 +346,28 @@ def _model_texts(df: pd.DataFrame, path: Path, text_template: str, id_prefix: st
     return out[out["text"] != ""]
 
 
-def _build_cases(df: pd.DataFrame, path: Path, text_template: str) -> tuple[pd.DataFrame, dict]:
-    """Cleaned, labelled, deduplicated cases with their model text, and the drop counts."""
-    check_template(text_template)
-    labels = parse_labels(df["first_party_winner"], path)
+def parse_class_labels(series: pd.Series) -> pd.Series:
+    """A many-class label column as cleaned class names (NA where blank)."""
+    names = series.map(_clean_field)
+    return names.where(names != "", pd.NA)
+
+
+def _build_cases(df: pd.DataFrame, path: Path, text_template: str, task: str = "outcome",
+                 label_column: str = "first_party_winner") -> tuple[pd.DataFrame, dict]:
+    """Cleaned, labelled, deduplicated cases with their model text, and the drop counts.
+
+    The outcome task's label is 0/1; a many-class task's label is the class name (mapped to ids by _assign_classes).
+    """
+    check_template(text_template, None if task == "outcome" else label_column)
+    labels = (parse_labels(df[label_column], path) if task == "outcome" else parse_class_labels(df[label_column]))
     counts = {"n_raw": len(df), "n_dropped_blank_label": int(labels.isna().sum())}
     df = df.assign(label=labels)[labels.notna()]
     facts = df["facts"].map(clean_facts)
     counts["n_dropped_empty_text"] = int((facts == "").sum())
     df = df.assign(facts=facts)[facts != ""]
-    cases = _model_texts(df, path, text_template)
-    cases.insert(2, "label", df.loc[cases.index, "label"].astype(int))
+    cases = _model_texts(df, path, text_template, label_column=None if task == "outcome" else label_column)
+    label = df.loc[cases.index, "label"]
+    cases.insert(2, "label", label.astype(int) if task == "outcome" else label.astype(str))
     dup = cases["text"].duplicated(keep="first")
     counts["n_duplicates_removed"] = int(dup.sum())
     cases = cases[~dup].reset_index(drop=True)
@@ -330,13 +384,74 @@ def _build_cases(df: pd.DataFrame, path: Path, text_template: str) -> tuple[pd.D
     return cases, counts
 
 
-def _build_transfer(df: pd.DataFrame, path: Path, text_template: str, labelled_groups: set[str]) -> tuple[
-        pd.DataFrame, dict]:
+def _assign_classes(cases: pd.DataFrame, groups: pd.Series, rare_classes: str, min_class_count: int,
+                    path: str | Path) -> tuple[pd.DataFrame, pd.Series, list[str], dict]:
+    """Class names -> integer ids for a many-class task, rare classes merged into OTHER or dropped.
+
+    A class is rare when it has fewer than `min_class_count` usable cases or fewer than 3 distinct texts (it could
+    not appear in every split). `merge` puts the rare classes into one class named OTHER (itself dropped when still
+    too small); `drop` removes their cases. Classes are ordered by frequency (ties by name), OTHER last.
+    Returns the kept cases (label = id), their groups, the class names and the counts for the data card.
+    """
+    if rare_classes not in RARE_CLASSES:
+        raise ValueError(f"parameter rare_classes: must be one of {', '.join(RARE_CLASSES)}, got {rare_classes!r}")
+    names = cases["label"]
+    sizes = names.value_counts()
+    n_groups = groups.groupby(names.to_numpy()).nunique()
+
+    def rare(name: str, n: int) -> bool:
+        return n < min_class_count or int(n_groups.get(name, 0)) < 3
+
+    rare_names = sorted(n for n, c in sizes.items() if rare(n, int(c)))
+    mapped = names.copy()
+    merged = {n: int(sizes[n]) for n in rare_names}
+    info: dict = {"rare_classes": rare_classes, "min_class_count": int(min_class_count)}
+    dropped_names = list(rare_names)
+    if rare_names and rare_classes == "merge":
+        mapped = names.where(~names.isin(rare_names), OTHER)
+        other_n = int((mapped == OTHER).sum())
+        other_groups = int(groups[(mapped == OTHER).to_numpy()].nunique())
+        dropped_names = [OTHER] if other_n < min_class_count or other_groups < 3 else []
+        info["merged_into_other"] = merged
+    keep = ~mapped.isin(dropped_names)
+    info["n_dropped_rare_class"] = int((~keep).sum())
+    if rare_classes == "drop" or dropped_names:
+        info["dropped_classes"] = merged if rare_classes == "drop" else {OTHER: int((~keep).sum())}
+    counts = mapped[keep].value_counts()
+    order = sorted((n for n in counts.index if n != OTHER), key=lambda n: (-int(counts[n]), n))
+    classes = order + ([OTHER] if OTHER in counts.index else [])
+    if len(classes) < 2:
+        raise DataError(f"{path}: fewer than two classes left after handling rare classes "
+                        f"(rare_classes={rare_classes}, min_class_count={min_class_count}): {dict(sizes)}")
+    ids = {n: i for i, n in enumerate(classes)}
+    kept = cases[keep.to_numpy()].assign(label=mapped[keep].map(ids).astype(int).to_numpy())
+    return kept.reset_index(drop=True), groups[keep.to_numpy()].reset_index(drop=True), classes, info
+
+
+def write_classes(folder: Path, task: str, label_column: str, classes: list[str]) -> None:
+    """folder/classes.json: the task, its label column and the class names in id order."""
+    (folder / CLASSES_FILE).write_text(json.dumps({"task": task, "label_column": label_column, "classes": classes},
+                                                  indent=2) + "\n", encoding="utf-8")
+
+
+def load_classes(run_dir: str | Path) -> dict:
+    """`data/classes.json`: {"task", "label_column", "classes"} (class names in id order); a run folder written
+    before the file existed is the outcome task."""
+    path = Path(run_dir) / "data" / CLASSES_FILE
+    if not path.is_file():
+        return {"task": "outcome", "label_column": TASKS["outcome"], "classes": [OUTCOME[0], OUTCOME[1]]}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _build_transfer(df: pd.DataFrame, path: Path, text_template: str, labelled_groups: set[str],
+                    label_column: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Unlabelled transfer cases (any label column is ignored): cleaned, deduplicated, disjoint from the labelled
     cases' near-duplicate groups (a transfer case must never be a copy of a validation or test case)."""
     facts = df["facts"].map(clean_facts)
     df = df.assign(facts=facts)[facts != ""]
-    cases = _model_texts(df, path, text_template, id_prefix="T")
+    cases = _model_texts(df, path, text_template, id_prefix="T", label_column=label_column)
+    if label_column == "issue_area":  # the unlabelled pool carries no label, not even as a descriptive column
+        cases["issue_area"] = ""
     groups = _group_keys(cases["text"])
     overlap = groups.isin(labelled_groups)
     dup = groups.duplicated(keep="first") & ~overlap
@@ -383,17 +498,24 @@ def _sizes_as_fractions(n: int, val_n: int, test_n: int, val_frac: float, test_f
 def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
             text_template: str = "{first_party} v. {second_party}. {facts}", val_frac: float = 0.2,
             test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, val_n: int = 0, test_n: int = 0,
-            transfer_path: str = "", synthetic_transfer_n: int = 0) -> dict:
+            transfer_path: str = "", synthetic_transfer_n: int = 0, task: str = "outcome", label_column: str = "",
+            rare_classes: str = "merge", min_class_count: int = 30) -> dict:
     """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card.
 
     Args:
+        task: `outcome` (first_party_winner, two classes) or `issue_area` (many classes, names mapped to ids in
+            data/classes.json); `label_column` overrides the task's label column.
+        rare_classes, min_class_count: many-class tasks only: classes with fewer usable cases than min_class_count
+            (or fewer than 3 distinct texts) are merged into one class named Other (`merge`) or dropped (`drop`).
         val_n, test_n: absolute validation/test sizes (0: use val_frac/test_frac of the usable cases).
         transfer_path: a JUSTICE-schema csv whose rows become the unlabelled transfer pool (labels ignored).
         synthetic_transfer_n: with the synthetic source and no transfer_path, generate this many unlabelled
             transfer cases (their true labels go to data/transfer_truth.csv for analysis only).
     """
     _check_params(val_frac, test_frac, max_len)
-    check_template(text_template)
+    label_col = label_column_for(task, label_column)
+    multi = task != "outcome"
+    check_template(text_template, label_col if multi else None)
     run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}-data-", dir=run_dir.parent))
@@ -401,14 +523,18 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
     try:
         if data_path == "":
             path = staging / "raw.csv"
-            generate_justice_csv(path, synthetic_n, synthetic_seed)
+            generate_justice_csv(path, synthetic_n, synthetic_seed, task=task)
             source = f"synthetic(n={synthetic_n}, seed={synthetic_seed})"
         else:
             path = Path(data_path).expanduser().resolve()
             source = str(path)
-        cases, counts = _build_cases(read_justice_csv(path), path, text_template)
+        cases, counts = _build_cases(read_justice_csv(path, label_col), path, text_template, task, label_col)
         groups = _group_keys(cases["text"])
-        _check_class_sizes(cases["label"], groups, path)
+        if multi:
+            cases, groups, classes, class_info = _assign_classes(cases, groups, rare_classes, min_class_count, path)
+        else:
+            classes, class_info = [OUTCOME[0], OUTCOME[1]], {}
+        _check_class_sizes(cases["label"], groups, path, classes)
         val_frac, test_frac = _sizes_as_fractions(len(cases), val_n, test_n, val_frac, test_frac, path)
         cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac, split_seed).to_numpy()
         cases["n_words"] = cases["text"].str.split().str.len()
@@ -423,18 +549,22 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
             **{f"n_{s}": len(splits[s]) for s in SPLITS},
             "majority_rate": float((splits["train"]["label"] == major).mean()),
             "majority_label": major,
-            "label_rate_by_split": {s: float(splits[s]["label"].mean()) for s in SPLITS},
+            "task": task, "label_column": label_col, "classes": classes,
+            **({"label_rate_by_split": {s: float(splits[s]["label"].mean()) for s in SPLITS}} if not multi else {}),
+            "class_counts": {s: {classes[k]: int(n) for k, n in enumerate(
+                np.bincount(splits[s]["label"].to_numpy(int), minlength=len(classes)))} for s in SPLITS},
+            **class_info,
             "text_template": text_template, "max_len": int(max_len),
             "truncated_share": {s: float((splits[s]["n_tokens"] > max_len).mean()) for s in SPLITS},
             "split_seed": split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": val_n, "test_n": test_n,
             "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf},
             "tfidf_logreg_C": tfidf_c,
         }
-        side = _load_side_rationales(path)
+        side = _load_side_rationales(path) if not multi else None  # the rationales explain the outcome only
         rationales: list[dict] = []
         if side is not None:
             ordered = pd.concat([splits[s] for s in SPLITS], ignore_index=True)
-            rationales = _spans(ordered, side, rationales_path(path), "facts" in check_template(text_template))
+            rationales = _spans(ordered, side, rationales_path(path), "facts" in check_template(text_template, None))
             inside = _spans_inside(ordered, rationales, max_len)
             # bayes_accuracy is an oracle: the rule on the generator's own inputs (every cue, however far into the
             # text); visible_rule_accuracy applies it to the cues inside max_len tokens, the text a model sees.
@@ -448,20 +578,28 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
         if transfer_path or (data_path == "" and synthetic_transfer_n > 0):
             if transfer_path:
                 t_path = Path(transfer_path).expanduser().resolve()
-                t_raw = read_justice_csv(t_path)
+                t_raw = read_justice_csv(t_path, REQUIRED_COLUMNS[0] if multi else label_col)  # labels ignored
                 card["transfer_source"] = str(t_path)
             else:
                 from .synthetic import generate_cases
 
                 t_path = staging / "transfer_raw.csv"
-                t_raw, _ = generate_cases(synthetic_transfer_n, synthetic_seed + 1)
+                t_raw, _ = generate_cases(synthetic_transfer_n, synthetic_seed + 1, task=task)
                 t_raw = t_raw.astype(str)
                 card["transfer_source"] = f"synthetic(n={synthetic_transfer_n}, seed={synthetic_seed + 1})"
-            transfer, t_counts = _build_transfer(t_raw, t_path, text_template, set(groups))
+            transfer, t_counts = _build_transfer(t_raw, t_path, text_template, set(groups),
+                                                 label_col if multi else None)
             if not transfer_path:  # the generator's labels, kept for analysis only, never read by a model
-                labels_by_id = dict(zip("T" + t_raw["ID"].astype(str).str.strip(), t_raw["first_party_winner"]))
+                labels_by_id = dict(zip("T" + t_raw["ID"].astype(str).str.strip(), t_raw[label_col]))
                 truth = pd.DataFrame({"id": transfer["id"], "label": transfer["id"].map(labels_by_id)})
-                truth = truth[truth["label"] != ""].assign(label=lambda d: (d["label"] == "TRUE").astype(int))
+                if multi:  # class ids as in data/classes.json (merged classes -> Other; dropped ones left out)
+                    ids = {n: i for i, n in enumerate(classes)}
+                    other = ids.get(OTHER)
+                    merged = class_info.get("merged_into_other", {})
+                    truth["label"] = [ids.get(v, other if v in merged else None) for v in truth["label"]]
+                    truth = truth.dropna(subset=["label"]).astype({"label": int})
+                else:
+                    truth = truth[truth["label"] != ""].assign(label=lambda d: (d["label"] == "TRUE").astype(int))
             transfer["n_tokens"] = [len(i) for i in get_tokenizer()(list(transfer["text"]), verbose=False)["input_ids"]]
             card.update(t_counts, n_transfer=len(transfer))
         else:
@@ -483,6 +621,7 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
                 for rec in rationales:
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         (staging / "data_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        write_classes(staging, task, label_col, classes)
         _swap_into_place(staging, run_dir / "data")
         return card
     finally:
@@ -537,8 +676,15 @@ def load_rationales(run_dir: str | Path) -> dict[str, list[tuple[int, int, str]]
     return out
 
 
+def _class_names(run_dir: str | Path | None) -> list[str]:
+    return load_classes(run_dir)["classes"] if run_dir is not None else [OUTCOME[0], OUTCOME[1]]
+
+
 def plot_label_balance(splits: dict[str, pd.DataFrame], run_dir: str | Path | None = None) -> Figure:
-    """Cases per outcome in each split, with the first-party win rate."""
+    """Cases per outcome in each split, with the first-party win rate (K classes: each class's share per split)."""
+    names = _class_names(run_dir)
+    if len(names) > 2:
+        return _plot_class_shares(splits, names, run_dir)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     x = np.arange(len(SPLITS))
@@ -552,6 +698,22 @@ def plot_label_balance(splits: dict[str, pd.DataFrame], run_dir: str | Path | No
     ax.set_title("Outcome balance per split (stratified)")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
     ax.legend(title="label")
+    return _save(fig, run_dir, "01_label_balance.png")
+
+
+def _plot_class_shares(splits: dict[str, pd.DataFrame], names: list[str], run_dir: str | Path | None) -> Figure:
+    """Share of each class in each split: stratification keeps the bars of a class level."""
+    fig = Figure(figsize=(max(7.0, 0.75 * len(names) + 2), 4.2))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    width = 0.8 / len(SPLITS)
+    for k, s in enumerate(SPLITS):
+        shares = np.bincount(splits[s]["label"].to_numpy(int), minlength=len(names)) / len(splits[s])
+        ax.bar(x + (k - 1) * width, shares, width=width, label=f"{s} ({len(splits[s])} cases)")
+    ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("share of the split's cases")
+    ax.set_title(f"{len(names)} classes per split (stratified)")
+    ax.legend()
     return _save(fig, run_dir, "01_label_balance.png")
 
 
@@ -577,8 +739,21 @@ def plot_lengths(splits: dict[str, pd.DataFrame], max_len: int, run_dir: str | P
 
 
 def plot_issue_areas(splits: dict[str, pd.DataFrame], run_dir: str | Path | None = None) -> Figure:
-    """Cases per issue area, split by outcome."""
-    cases = pd.concat(list(splits.values()), ignore_index=True)
+    """Cases per issue area, split by outcome (a many-class task: cases per class, split by train/val/test)."""
+    cases = pd.concat(list(splits.values()), keys=list(splits), names=["split", None]).reset_index(0) \
+        .reset_index(drop=True)
+    names = _class_names(run_dir)
+    if len(names) > 2:
+        table = pd.crosstab(cases["label"].map(dict(enumerate(names))), cases["split"]).reindex(
+            columns=list(SPLITS), fill_value=0)
+        table = table.loc[table.sum(axis=1).sort_values().index]
+        fig = Figure(figsize=(8, 0.35 * len(table) + 1.5))
+        ax = fig.subplots()
+        table.plot.barh(stacked=True, ax=ax)
+        ax.set_xlabel("cases")
+        ax.set_ylabel("class (the label)")
+        ax.set_title(f"The {len(names)} classes of the task, per split")
+        return _save(fig, run_dir, "01_issue_areas.png")
     area = cases["issue_area"].replace("", "(none)")
     table = pd.crosstab(area, cases["label"]).reindex(columns=[0, 1], fill_value=0)
     table = table.loc[table.sum(axis=1).sort_values().index]
@@ -599,11 +774,16 @@ def plot_issue_areas(splits: dict[str, pd.DataFrame], run_dir: str | Path | None
 
 
 def example_cases(splits: dict[str, pd.DataFrame], n: int = 3, run_dir: str | Path | None = None) -> pd.DataFrame:
-    """A few training cases of both outcomes, with their deciding cue phrases when rationales exist."""
+    """A few training cases of both outcomes (K classes: of the n most frequent classes), with their deciding cue
+    phrases when rationales exist."""
+    names = _class_names(run_dir)
     train = splits["train"].sample(frac=1.0, random_state=0)
-    picks = [train[train["label"] == c] for c in (1, 0)]
-    rows = pd.concat([picks[i % 2].iloc[[i // 2]] for i in range(n) if i // 2 < len(picks[i % 2])])
-    out = rows[["id", "label", "issue_area", "n_tokens", "text"]].assign(outcome=rows["label"].map(OUTCOME))
+    order = (1, 0) if len(names) == 2 else tuple(range(len(names)))
+    picks = [train[train["label"] == c] for c in order]
+    k = len(picks)
+    rows = pd.concat([picks[i % k].iloc[[i // k]] for i in range(n) if i // k < len(picks[i % k])])
+    out = rows[["id", "label", "issue_area", "n_tokens", "text"]].assign(
+        outcome=rows["label"].map(dict(enumerate(names))))
     if run_dir is not None:
         spans = load_rationales(run_dir)
         if spans:

@@ -13,12 +13,31 @@ GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
 CASE_VARIANCE_RESAMPLES = 200
 
 
-def predicted_class(prob_1: np.ndarray) -> np.ndarray:
+def predicted_class(prob_1: np.ndarray, multiclass: bool = False) -> np.ndarray:
     """Class 1 where P(label = 1) > 0.5, else 0: a tie goes to class 0, as argmax over the logits sends it.
 
+    With `multiclass`, `prob_1` holds every class's probability on its last axis and the prediction is its argmax
+    (a tie goes to the lowest class id, as argmax over the logits sends it).
     The one decision rule of the suite: metrics from logits (argmax) and from stored probabilities (this) agree.
     """
+    if multiclass:
+        return np.asarray(prob_1).argmax(axis=-1)
     return (np.asarray(prob_1) > 0.5).astype(int)
+
+
+def prob_columns(predictions: pd.DataFrame) -> list[str]:
+    """The probability columns of a predictions.csv frame: `prob_1` (binary) or `prob_0` ... `prob_{K-1}` (K > 2)."""
+    if "prob_0" not in predictions.columns:
+        return ["prob_1"]
+    cols = [c for c in predictions.columns if c.startswith("prob_") and c[5:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[5:]))
+
+
+def prediction_frame(ids: pd.Series | np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """Probability columns for predictions.csv from probabilities [n, K]: `prob_1` when K = 2, else one per class."""
+    if probs.shape[1] == 2:
+        return pd.DataFrame({"prob_1": probs[:, 1]}, index=ids)
+    return pd.DataFrame({f"prob_{k}": probs[:, k] for k in range(probs.shape[1])}, index=ids)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -46,23 +65,50 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC-AUC, NaN when only one class is present (undefined; written as null in JSON files).
 
+    `scores`: P(label = 1) [n] for two classes, or every class's score [n, K] for K > 2: then the one-vs-rest
+    macro average over the classes present in `labels` (sklearn's `multi_class="ovr"` when all are present).
     A constant score (the majority-class baseline) is defined and scores 0.5: every pair is a tie.
     """
+    scores = np.asarray(scores)
+    if scores.ndim == 2:
+        return _ovr_auc(np.asarray(labels), scores)
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def _ovr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """One-vs-rest macro ROC-AUC over the classes that occur (with cases outside them); NaN with fewer than two."""
+    aucs = [_binary_auc((labels == k).astype(int), scores[:, k]) for k in range(scores.shape[1])
+            if 0 < (labels == k).sum() < len(labels)]
+    return float(np.mean(aucs)) if len(aucs) >= 2 else float("nan")
+
+
+def top_class_share(preds: np.ndarray) -> float:
+    """Share of cases given the most often predicted class (1.0: one class for every case)."""
+    preds = np.asarray(preds)
+    return float(np.bincount(preds).max() / len(preds)) if len(preds) else float("nan")
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray,
                            teacher_logits: np.ndarray | None = None) -> dict[str, float]:
-    """accuracy, macro-F1, ROC-AUC, ECE, and (with teacher logits) agreement and mean KL(teacher || model)."""
+    """accuracy, macro-F1, ROC-AUC, ECE, and (with teacher logits) agreement and mean KL(teacher || model).
+
+    Two classes: ROC-AUC of P(class 1) and `positive_rate` (share predicted 1). K > 2 classes: one-vs-rest macro
+    ROC-AUC and `top_class_share` (share of the most often predicted class) in place of the positive rate; ECE is
+    always that of the predicted (top) class.
+    """
     probs = softmax(logits)
     preds = probs.argmax(axis=1)
+    binary = probs.shape[1] == 2
     out = {
         "accuracy": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
-        "roc_auc": safe_auc(labels, probs[:, 1]),
+        "roc_auc": safe_auc(labels, probs[:, 1] if binary else probs),
         "ece": expected_calibration_error(probs, labels),
-        "positive_rate": float(preds.mean()),
     }
+    if binary:
+        out["positive_rate"] = float(preds.mean())
+    else:
+        out["top_class_share"] = top_class_share(preds)
     if teacher_logits is not None:
         pt = softmax(teacher_logits)
         out["agreement"] = float((pt.argmax(axis=1) == preds).mean())
@@ -73,9 +119,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
     return out
 
 
+def class_share(metrics: dict[str, float]) -> float:
+    """Share of the most often predicted class, from a classification_metrics dict of any number of classes."""
+    if "top_class_share" in metrics and metrics["top_class_share"] == metrics["top_class_share"]:
+        return float(metrics["top_class_share"])
+    return float(max(metrics["positive_rate"], 1 - metrics["positive_rate"]))
+
+
 def is_collapsed(teacher_metrics: dict[str, float], majority_accuracy: float, tol: float = 0.005) -> bool:
     """A teacher that does not beat the majority class, or predicts (almost) one class only, has collapsed."""
-    one_class = teacher_metrics["positive_rate"] <= 0.02 or teacher_metrics["positive_rate"] >= 0.98
+    one_class = class_share(teacher_metrics) >= 0.98
     return bool(teacher_metrics["accuracy"] <= majority_accuracy + tol or one_class)
 
 
@@ -102,14 +155,27 @@ def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def _macro_f1(preds: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    # sklearn's f1_score(average="macro", zero_division=0) for K classes: F1 averaged over the classes that occur
+    # in the labels or the predictions, from one confusion count (fast enough for the bootstrap).
+    cm = np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    present = (support + predicted) > 0
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros(n_classes), where=present)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
 def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray) -> float:
-    preds = predicted_class(probs1)
+    """metric of one seed's predictions: `probs1` is P(class 1) [n] (binary) or every class's probability [n, K]."""
+    multi = probs1.ndim == 2
+    preds = predicted_class(probs1, multiclass=multi)
     if metric == "accuracy":
         return float((preds == labels).mean())
     if metric == "macro_f1":
-        return _binary_macro_f1(preds, labels)
+        return _macro_f1(preds, labels, probs1.shape[1]) if multi else _binary_macro_f1(preds, labels)
     if metric == "roc_auc":
-        return _binary_auc(labels, probs1)
+        return _ovr_auc(labels, probs1) if multi else _binary_auc(labels, probs1)
     if metric == "agreement":
         return float((preds == teacher_pred).mean())
     raise ValueError(f"unknown metric {metric!r}")
@@ -130,7 +196,7 @@ def holm(p_values: list[float] | np.ndarray) -> np.ndarray:
 
 def _metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
                  idx: np.ndarray | None = None) -> np.ndarray:
-    """metric of each row of probs1 [n_seeds, n] (on the cases `idx` when given)."""
+    """metric of each row of probs1 [n_seeds, n] or [n_seeds, n, K] (on the cases `idx` when given)."""
     if idx is not None:
         probs1, labels, teacher_pred = probs1[:, idx], labels[idx], teacher_pred[idx]
     return np.array([_metric_from_probs(metric, p, labels, teacher_pred) for p in probs1])
@@ -140,7 +206,8 @@ def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarr
                       metric: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Mean over seeds of metric(b) - metric(a) with a t-interval that counts seeds and test cases as random.
 
-    `probs_a`, `probs_b`: arrays [n_seeds, n_cases] of P(label = 1), paired by seed (same seed, same cases).
+    `probs_a`, `probs_b`: arrays [n_seeds, n_cases] of P(label = 1), or [n_seeds, n_cases, K] of every class's
+    probability for K > 2 classes, paired by seed (same seed, same cases).
     The standard error adds the between-seed variance of the seed-level differences (s^2 / n_seeds) and the
     test-case sampling variance of the seed-mean difference (a bootstrap over cases with the seeds held fixed);
     the interval and the two-sided p-value use a t distribution with n_seeds - 1 degrees of freedom (normal with
@@ -148,14 +215,15 @@ def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarr
     126 distinct seed resamples and understates the between-seed variance.
     """
     probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
-    n_seeds, n = probs_a.shape
+    n_seeds, n = probs_a.shape[:2]
+    multi = probs_a.ndim == 3
     diffs = _metric_rows(metric, probs_b, labels, teacher_pred) - _metric_rows(metric, probs_a, labels, teacher_pred)
     point = float(np.mean(diffs))
     var_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
     rng = np.random.default_rng(seed)
     if metric in ("accuracy", "agreement"):  # per-case form: the case variance needs no resampling
         ref = labels if metric == "accuracy" else teacher_pred
-        pred_a, pred_b = predicted_class(probs_a), predicted_class(probs_b)
+        pred_a, pred_b = predicted_class(probs_a, multi), predicted_class(probs_b, multi)
         per_case = ((pred_b == ref).mean(0) - (pred_a == ref).mean(0))
         var_case = float(np.var(per_case, ddof=1)) / n
     else:
@@ -241,8 +309,10 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
         sub = predictions[predictions["model"] == name]
         if sub.empty or "independent" not in set(sub["mode"]):
             continue
-        wide = sub.pivot_table(index="id", columns=["mode", "seed"], values="prob_1")
+        cols = prob_columns(sub)
+        wide = sub.pivot_table(index="id", columns=["mode", "seed"], values=cols[0])
         ids = wide.index
+        by_class = [sub.pivot_table(index="id", columns=["mode", "seed"], values=c).loc[ids] for c in cols]
         labels = sub.drop_duplicates("id").set_index("id").loc[ids, "label"].to_numpy()
         tpred = teacher_pred.loc[ids].to_numpy()
         arms = [m for m in dict.fromkeys(sub["mode"]) if m != "independent"]
@@ -253,8 +323,12 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
             pairs.append(("distilled", "chain"))
         for against, arm in pairs:
             seeds = sorted(set(wide[against].columns) & set(wide[arm].columns))
-            pa = wide[against][seeds].to_numpy().T
-            pb = wide[arm][seeds].to_numpy().T
+            if len(cols) == 1:
+                pa = wide[against][seeds].to_numpy().T
+                pb = wide[arm][seeds].to_numpy().T
+            else:  # [n_seeds, n_cases, K]
+                pa = np.stack([w[against][seeds].to_numpy().T for w in by_class], axis=-1)
+                pb = np.stack([w[arm][seeds].to_numpy().T for w in by_class], axis=-1)
             dnl = _not_learned(runs, name, against) or _not_learned(runs, name, arm)
             for metric in GAIN_METRICS:
                 per_a = _metric_rows(metric, pa, labels, tpred)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .data import load_classes
 from .run_folder import read_index, read_json, write_json
 from .summary_schema import SCHEMA_VERSION, validate_summary
 from .training import ARMS as STUDENT_MODES
@@ -277,6 +278,7 @@ def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict
 def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[str, Any]:
     """The whole answer of a run as a dict matching summary_schema.SCHEMA."""
     t = load_tables(run_dir)
+    task = load_classes(run_dir)
     models = model_entries(t)
     ts = t.teacher
     teacher = {"name": t.index["teacher"]["name"], "shape": t.index["teacher"].get("shape", ""),
@@ -293,10 +295,12 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
                     f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
     paper = None if t.paper is None else json.loads(t.paper.to_json(orient="records"))  # NaN -> null
     return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "question": QUESTION if task["task"] == "outcome" else QUESTION.replace(
+                "case outcomes", f"a case's {task['label_column'].replace('_', ' ')} ({len(task['classes'])} classes)"),
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
-            "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
-            "attribution_scope": attribution_scope(t),
+            "precision": str(t.teacher.get("precision", "fp32")), "task": task["task"], "classes": task["classes"],
+            "verdicts": verdicts, "data": t.card, "attribution_scope": attribution_scope(t),
             "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}

@@ -132,7 +132,8 @@ def run_job(job: Job) -> dict[str, Any]:
     st = sh.settings
     start = time.perf_counter()
     spec = get_spec(job.name, st["model_overrides"])
-    model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids)
+    model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids,
+                        num_labels=sh.teacher.config.num_labels)
     cfg = TrainConfig(max_steps=st["max_steps"], lr=job.lr, batch_size=st["batch_size"], seed=job.seed,
                       eval_every=st["eval_every"], patience=st["patience"], selection_metric=st["selection_metric"],
                       class_weighted=st["class_weighted"], device=st["device"], precision=st["precision"])

@@ -69,6 +69,8 @@ SCHEMA: dict[str, Any] = {
         "headline": _STR,
         "statistics": _STR,
         "precision": {"enum": ["fp32", "bf16"]},
+        "task": _STR,  # outcome | issue_area (data/classes.json)
+        "classes": {"type": "array", "items": _STR, "minItems": 2},  # class names in id order
         "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "against": _STR, "text": _STR})},
         "attribution_scope": {"type": ["string", "null"]},  # what the attribution intervals cover; null without 04
         "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {

@@ -29,6 +29,12 @@ late in the facts, beyond a short reading window.
 `rule_prob` in the side file is this p; a cue is listed as deciding a case only where its effect is non-zero
 there (reliance only with agency_reversal). The area-dependent and interaction cues are what a bag-of-words
 model cannot represent, which leaves room between a TF-IDF baseline and the Bayes accuracy.
+Issue-area task (`task="issue_area"`): the label is the case's issue area. Its text signal is spread out and
+overlaps between related areas, as in real case facts: each case gets AREA_TERMS_PER_CASE sentences of legal
+vocabulary, each drawn from its own area with probability OWN_AREA_TERMS and otherwise from a related area
+(RELATED_AREAS), and with probability BORROWED_OPENING the opening background sentence itself comes from a related
+area. These draws use a separate random stream, so the outcome task's output (the default) is unchanged.
+
 Measured through `helpers.data.prepare` at the default profile's n=1000, seed=7, split_seed=42, max_len=64:
 598/199/199 cases, majority rate 0.605, Bayes accuracy 0.860 / 0.884 / 0.874 (train/val/test), TF-IDF + logistic
 regression 0.784 / 0.754 (val/test), median 94 words (p95 174), 97% of cases longer than 64 WordPiece tokens
@@ -39,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,6 +320,97 @@ class _Case:
     prob: float
 
 
+# --- issue-area task: overlapping area vocabulary (a separate random stream; see the module docstring)
+OWN_AREA_TERMS = 0.6  # chance that an area-vocabulary sentence comes from the case's own area
+BORROWED_OPENING = 0.25  # chance that the opening background sentence comes from a related area
+AREA_TERMS_PER_CASE = {0: 0.15, 1: 0.5, 2: 0.35}  # how many area-vocabulary sentences a case gets
+AREA_STREAM = 0x1A5E  # offset of the issue-area random stream's seed
+RELATED_AREAS = {
+    "Criminal Procedure": ["Due Process", "Privacy", "Civil Rights"],
+    "Civil Rights": ["Due Process", "First Amendment", "Criminal Procedure", "Unions"],
+    "Economic Activity": ["Federal Taxation", "Federalism", "Unions", "Judicial Power"],
+    "First Amendment": ["Civil Rights", "Privacy", "Attorneys"],
+    "Judicial Power": ["Federalism", "Due Process", "Economic Activity"],
+    "Federalism": ["Judicial Power", "Economic Activity", "Interstate Relations"],
+    "Due Process": ["Criminal Procedure", "Civil Rights", "Judicial Power"],
+    "Privacy": ["Criminal Procedure", "First Amendment", "Civil Rights"],
+    "Unions": ["Economic Activity", "Civil Rights"],
+    "Federal Taxation": ["Economic Activity", "Federalism"],
+    "Attorneys": ["First Amendment", "Judicial Power", "Due Process"],
+    "Interstate Relations": ["Federalism", "Judicial Power"],
+}
+AREA_TERMS = {  # phrases typical of an area; several recur across related areas on purpose
+    "Criminal Procedure": ["the admissibility of the confession", "the jury instructions at trial",
+                           "the sentencing guidelines", "the right to counsel during questioning",
+                           "the suppression of the evidence", "the prosecutor's closing argument"],
+    "Civil Rights": ["equal protection of the laws", "a pattern of discriminatory treatment",
+                     "the hiring and promotion practices", "the right to vote", "the Civil Rights Act",
+                     "damages for the violation of federal rights"],
+    "Economic Activity": ["the terms of the commercial contract", "competition in the regional market",
+                          "the securities disclosures", "the liability of the manufacturer",
+                          "the rates charged to customers", "federal regulation of the industry"],
+    "First Amendment": ["the freedom of speech", "the free exercise of religion", "a prior restraint on publication",
+                        "the content of the message", "the establishment of religion", "expressive conduct"],
+    "Judicial Power": ["the jurisdiction of the federal courts", "the standing of the plaintiffs",
+                       "whether the dispute was moot", "the scope of appellate review", "a class action",
+                       "the finality of the judgment"],
+    "Federalism": ["the powers reserved to the states", "preemption by federal law",
+                   "the limits of the commerce power", "state sovereign immunity", "a federal spending condition",
+                   "the balance between state and federal authority"],
+    "Due Process": ["the procedures required before a deprivation", "notice and an opportunity to be heard",
+                    "fundamental fairness", "the vagueness of the statute", "the hearing afforded by the state",
+                    "the property interest at stake"],
+    "Privacy": ["the confidentiality of personal records", "the reasonable expectation of privacy",
+                "the disclosure of medical information", "intimate personal decisions",
+                "surveillance of private communications", "the collection of personal data"],
+    "Unions": ["the collective bargaining agreement", "the duty of fair representation", "the strike and picketing",
+               "the union's dues and fees", "the National Labor Relations Act", "the grievance arbitration"],
+    "Federal Taxation": ["the deduction claimed on the return", "the assessment of the tax deficiency",
+                         "the Internal Revenue Code", "the taxable income of the business",
+                         "the refund of taxes paid", "the valuation of the estate"],
+    "Attorneys": ["the rules of professional conduct", "the attorney's fees award",
+                  "the discipline imposed by the state bar", "the solicitation of clients",
+                  "the lawyer's conflict of interest", "admission to the bar"],
+    "Interstate Relations": ["the boundary between the states", "the interstate compact",
+                             "the apportionment of the river's water", "the Special Master's report",
+                             "the original jurisdiction of the Court", "the shared resources of the states"],
+}
+AREA_LEADS = [
+    "The case turned in part on {term}.", "The briefs devoted much attention to {term}.",
+    "Much of the argument concerned {term}.", "The lower courts also addressed {term}.",
+    "The parties also disputed {term}.", "Amici focused on {term}.",
+]
+
+
+def _related(area_rng: random.Random, area: str) -> str:
+    return area_rng.choice(RELATED_AREAS[area])
+
+
+def _with_area_signal(area_rng: random.Random, case: _Case, year: int, sentences: list[str]) -> list[str]:
+    """The issue-area task's sentences: area vocabulary (own or related areas) and, sometimes, a borrowed opening
+    (every draw from `area_rng`, the issue-area stream)."""
+    out = list(sentences)
+    if area_rng.random() < BORROWED_OPENING:
+        opening = _fill(area_rng, area_rng.choice(AREA_BACKGROUND[_related(area_rng, case.area)]), case, year)
+        for i, sent in enumerate(out):  # replace the area's opening sentence wherever it stands
+            if any(_matches(sent, t) for t in AREA_BACKGROUND[case.area]):
+                out[i] = _cap(opening)
+                break
+    k = area_rng.choices(list(AREA_TERMS_PER_CASE), weights=list(AREA_TERMS_PER_CASE.values()))[0]
+    for _ in range(k):
+        source = case.area if area_rng.random() < OWN_AREA_TERMS else _related(area_rng, case.area)
+        sent = area_rng.choice(AREA_LEADS).format(term=area_rng.choice(AREA_TERMS[source]))
+        out.insert(area_rng.randint(1, max(1, len(out) - 1)), sent)
+    return out
+
+
+def _matches(sentence: str, template: str) -> bool:
+    """Whether `sentence` was filled from `template` (its fixed words, in order)."""
+    parts = [re.escape(x) for x in re.split(r"\{[a-z0-9]+\}", template)]
+    return re.fullmatch(".*".join(parts), sentence[0].lower() + sentence[1:]) is not None or \
+        re.fullmatch(".*".join(parts), sentence) is not None
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -465,10 +563,17 @@ def _draw_case(rng: random.Random) -> _Case:
                  [c for c in cues if c[0] in deciding_fams], rule_prob(area, families))
 
 
-def generate_cases(n: int, seed: int) -> tuple[pd.DataFrame, list[dict]]:
-    """n synthetic cases as a JUSTICE-schema frame and their rationale records, without touching disk."""
+def generate_cases(n: int, seed: int, task: str = "outcome") -> tuple[pd.DataFrame, list[dict]]:
+    """n synthetic cases as a JUSTICE-schema frame and their rationale records, without touching disk.
+
+    `task="issue_area"` adds the issue-area signal (overlapping area vocabulary) from a separate random stream;
+    `task="outcome"` (the default) writes exactly what it always wrote.
+    """
     if n < 1:
         raise ValueError(f"synthetic_n must be a positive number of cases, got {n}")
+    if task not in ("outcome", "issue_area"):
+        raise ValueError(f"parameter task: unknown task {task!r} (outcome | issue_area)")
+    area_rng = random.Random(seed * 1_000_003 + AREA_STREAM) if task == "issue_area" else None
     rng = random.Random(seed)
     nprng = np.random.Generator(np.random.PCG64(seed))
     lengths = np.clip(nprng.lognormal(math.log(88), 0.42, size=n), 30, 220).astype(int)
@@ -476,7 +581,10 @@ def generate_cases(n: int, seed: int) -> tuple[pd.DataFrame, list[dict]]:
     for i in range(n):
         case = _draw_case(rng)
         year = rng.randint(1955, 2021)
-        facts = _html(rng, _facts(rng, case, year, int(lengths[i])))
+        sentences = _facts(rng, case, year, int(lengths[i]))
+        if area_rng is not None:
+            sentences = _with_area_signal(area_rng, case, year, sentences)
+        facts = _html(rng, sentences)
         win = bool(nprng.random() < case.prob)
         label = "" if nprng.random() < BLANK_LABEL_RATE else ("TRUE" if win else "FALSE")
         majority = int(nprng.integers(5, 10))
@@ -489,7 +597,7 @@ def generate_cases(n: int, seed: int) -> tuple[pd.DataFrame, list[dict]]:
             "facts_len": len(facts), "majority_vote": majority, "minority_vote": 9 - majority,
             "first_party_winner": label, "decision_type": "majority opinion",
             "disposition": ("reversed" if win else "affirmed") if label else "",
-            "issue_area": case.area,
+            "issue_area": case.area if area_rng is None or area_rng.random() >= BLANK_LABEL_RATE else "",
         })
         rationales.append({"ID": case_id, "rule_prob": round(case.prob, 6),
                            "cues": [{"cue": f, "phrase": p} for f, p in case.deciding]})
@@ -507,9 +615,9 @@ def rationales_path(csv_path: str | Path) -> Path:
     return p.with_name(f"{p.stem}_rationales.jsonl")
 
 
-def generate_justice_csv(path: str | Path, n: int, seed: int) -> pd.DataFrame:
+def generate_justice_csv(path: str | Path, n: int, seed: int, task: str = "outcome") -> pd.DataFrame:
     """Write n synthetic cases to a JUSTICE-schema csv at path plus its rationale side file; return the frame."""
-    df, rationales = generate_cases(n, seed)
+    df, rationales = generate_cases(n, seed, task)
     path = Path(path)
     df.to_csv(path, index=True, lineterminator="\n", encoding="utf-8")
     with open(rationales_path(path), "w", encoding="utf-8", newline="\n") as fh:

@@ -44,7 +44,8 @@ def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
     encoded = encode_splits({s: cases[s] for s in ("train", "val")}, job["max_len"])
     labels = {s: cases[s]["label"].to_numpy() for s in ("train", "val")}
     spec = get_spec(job["teacher"], job["model_overrides"])
-    model = build_model(spec, seed=job["seed"], keep_ids=job["keep_ids"])
+    model = build_model(spec, seed=job["seed"], num_labels=len(data_mod.load_classes(run_dir)["classes"]),
+                        keep_ids=job["keep_ids"])
     out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
     bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
     cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
@@ -170,10 +171,11 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     base = card["baselines"]
     # The collapse gate reads validation: a teacher no better than the majority class there is not distilled from.
     collapsed = is_collapsed(t_val, base["majority"]["val"]["accuracy"])
+    share = "positive_rate" if "positive_rate" in t_val else "top_class_share"  # two classes | K classes
     summary = {
         "teacher": entries["teacher"], "ceiling": entries["ceiling"],
-        "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "positive_rate")},
-        "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "positive_rate")},
+        "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
+        "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
         "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
             ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
         "collapsed": collapsed, "collapse_gate_split": "val",
@@ -196,6 +198,7 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     if collapsed:
         print(f"WARNING: the teacher collapsed: validation accuracy {t_val['accuracy']:.3f} does not beat the "
               f"majority class ({base['majority']['val']['accuracy']:.3f}) or it predicts one class only "
-              f"(positive rate {t_val['positive_rate']:.2f}). Distillation comparisons will be marked not meaningful.")
+              f"({share.replace('_', ' ')} {t_val[share]:.2f}). Distillation comparisons will be marked not "
+              f"meaningful.")
     return {"summary": summary, "metrics": all_metrics, "history": pd.concat(histories.values(), keys=histories.keys(),
                                                                              names=["role", None]).reset_index(0)}

@@ -12,7 +12,7 @@ from sklearn.metrics import confusion_matrix
 from . import data as data_mod
 from .checkpoints import teacher_summary
 from .data import load_cases
-from .evaluation import predicted_class, softmax
+from .evaluation import predicted_class, prob_columns, softmax
 from .run_folder import read_index
 from .run_folder import save_figure as _save
 from .teacher_logits import load_teacher_logits
@@ -47,11 +47,26 @@ def plot_teacher_curves(run_dir: str | Path) -> Figure:
 
 
 def plot_confusion(run_dir: str | Path) -> Figure:
-    """Confusion matrix of the teacher on the test split."""
+    """Confusion matrix of the teacher on the test split (rows: actual class, columns: predicted class)."""
     run_dir = Path(run_dir)
     idx = read_index(run_dir)
     preds = pd.read_csv(run_dir / "models" / "predictions.csv")
     t = preds[(preds["model"] == idx["teacher"]["name"]) & (preds["mode"] == "teacher")]
+    names = data_mod.load_classes(run_dir)["classes"]
+    if len(names) > 2:
+        cm = confusion_matrix(t["label"], predicted_class(t[prob_columns(t)].to_numpy(), multiclass=True),
+                              labels=list(range(len(names))))
+        size = 0.55 * len(names) + 2.5
+        fig = Figure(figsize=(size + 1, size))
+        ax = fig.subplots()
+        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, xticklabels=names, yticklabels=names,
+                    annot_kws={"fontsize": 7})
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("actual class")
+        ax.set_title("Teacher on the test split")
+        return _save(fig, run_dir, "02_teacher_confusion.png")
     cm = confusion_matrix(t["label"], predicted_class(t["prob_1"]), labels=[0, 1])
     fig = Figure(figsize=(4.2, 3.6))
     ax = fig.subplots()
@@ -161,10 +176,21 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
 
 
 def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataFrame:
-    """A few test cases spanning the teacher's confidence, with their teacher logits."""
+    """A few test cases spanning the teacher's confidence, with their teacher logits.
+
+    Two classes: ordered by P(class 1), columns logit_0, logit_1, p_teacher. K classes: ordered by the teacher's
+    top-class probability (`p_teacher`), one `logit_k` column per class.
+    """
     run_dir = Path(run_dir)
     splits = load_cases(run_dir)
     logits = load_teacher_logits(run_dir, splits, max_len)["test"]
+    if logits.shape[1] > 2:
+        test = splits["test"].assign(p_teacher=softmax(logits).max(axis=1),
+                                     **{f"logit_{k}": logits[:, k] for k in range(logits.shape[1])})
+        order = test.sort_values("p_teacher").reset_index(drop=True)
+        picks = np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))
+        return order.iloc[picks][["id", "label", "p_teacher", *[f"logit_{k}" for k in range(logits.shape[1])],
+                                  "text"]]
     test = splits["test"].assign(logit_0=logits[:, 0], logit_1=logits[:, 1],
                                  p_teacher=softmax(logits)[:, 1])
     order = test.sort_values("p_teacher").reset_index(drop=True)
@@ -173,8 +199,11 @@ def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataF
 
 
 def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 8), n: int = 4) -> Figure:
-    """What the student actually sees: the teacher's P(first party wins) for real cases at several T."""
+    """What the student actually sees: the teacher's P(first party wins) for real cases at several T (K classes:
+    its whole distribution over the classes at each T)."""
     cases = soft_target_cases(run_dir, max_len, n)
+    if "logit_2" in cases.columns:
+        return _plot_soft_targets_k(run_dir, cases, temperatures)
     fig = Figure(figsize=(3.2 * len(cases), 3.2))
     axes = fig.subplots(1, len(cases), sharey=True, squeeze=False)
     for ax, (_, c) in zip(axes[0], cases.iterrows()):
@@ -192,10 +221,38 @@ def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 
     return _save(fig, run_dir, "03_soft_targets.png")
 
 
+def _logits_of(case: pd.Series) -> np.ndarray:
+    cols = sorted((c for c in case.index if c.startswith("logit_")), key=lambda c: int(c[6:]))
+    return case[cols].to_numpy(float)[None, :]
+
+
+def _plot_soft_targets_k(run_dir: str | Path, cases: pd.DataFrame, temperatures) -> Figure:
+    """The teacher's full distribution over K classes for a few cases at several temperatures (dark knowledge)."""
+    names = data_mod.load_classes(run_dir)["classes"]
+    fig = Figure(figsize=(4.2 * len(cases), 4.4))
+    axes = fig.subplots(1, len(cases), sharey=True, squeeze=False)
+    x = np.arange(len(names))
+    for ax, (_, c) in zip(axes[0], cases.iterrows()):
+        z = _logits_of(c)
+        for t in temperatures:
+            ax.plot(x, softmax(z, t)[0], marker="o", ms=3, lw=1.2, label=f"T={t}")
+        label = int(c["label"])
+        ax.scatter([label], [1.0], marker="*", s=120, color="black", zorder=5, label="hard label")
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"case {c['id']}\nlabel: {names[label]}; top-class P {c['p_teacher']:.2f}", fontsize=9)
+    axes[0][0].set_ylabel("teacher probability")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Soft targets over every class: which wrong answers the teacher finds plausible ('dark knowledge')")
+    return _save(fig, run_dir, "03_soft_targets.png")
+
+
 def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: float) -> Figure:
     """The two losses side by side for one real case, as the student's P(first party wins) varies."""
     cases = soft_target_cases(run_dir, max_len, 4)
     c = cases.iloc[len(cases) // 2]
+    if "logit_2" in cases.columns:
+        return _plot_losses_k(run_dir, c, alpha, temperature)
     q = np.linspace(0.01, 0.99, 199)
     label = int(c["label"])
     student_logits = np.stack([np.zeros_like(q), np.log(q / (1 - q))], axis=1)
@@ -219,6 +276,68 @@ def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: fl
         ax.set_ylabel("loss")
     fig.suptitle(f"Case {c['id']}: the minimum of CE is at the label, the KD term's at the teacher's belief")
     return _save(fig, run_dir, "03_losses.png")
+
+
+def _plot_losses_k(run_dir: str | Path, c: pd.Series, alpha: float, temperature: float) -> Figure:
+    """K classes: both losses as the student's probability of the labelled class varies (the rest spread evenly)."""
+    z_t = _logits_of(c)
+    k, label = z_t.shape[1], int(c["label"])
+    q = np.linspace(0.01, 0.99, 199)
+    student = np.tile(((1 - q) / (k - 1))[:, None], (1, k))
+    student[:, label] = q
+    ce = -np.log(q)
+    p_t = softmax(z_t, temperature)[0]
+    q_t = softmax(np.log(student), temperature)
+    kd = temperature**2 * np.sum(p_t * (np.log(p_t) - np.log(q_t)), axis=1)
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 2, sharex=True)
+    axes[0].plot(q, ce, color="tab:blue")
+    axes[0].set_title(f"independent: CE with the hard label (class {label})")
+    axes[1].plot(q, kd, color="tab:orange", label=f"T²·KL (T={temperature:g})")
+    axes[1].plot(q, alpha * kd + (1 - alpha) * ce, color="tab:green", label=f"total, alpha={alpha:g}")
+    axes[1].axvline(softmax(z_t)[0][label], color="tab:orange", ls=":", label="teacher's P(label) at T=1")
+    axes[1].set_title("distilled: the KD term also wants the other classes' shares right")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("student's P(labelled class); the rest spread evenly over the other classes")
+        ax.set_ylabel("loss")
+    fig.suptitle(f"Case {c['id']}: CE is smallest at certainty, the KD term where the student matches the teacher")
+    return _save(fig, run_dir, "03_losses.png")
+
+
+def dark_knowledge_table(run_dir: str | Path, max_len: int, temperatures=(1, 4)) -> pd.DataFrame:
+    """Per split: how much of the teacher's probability lies off its top class (what a hard label cannot say).
+
+    Columns: mean mass on the non-argmax classes at each temperature, and the mean number of classes holding at least
+    5% at T = 1 (1.0 would mean one-hot targets).
+    """
+    cases = load_cases(run_dir)
+    logits = load_teacher_logits(run_dir, cases, max_len)
+    rows = []
+    for split, z in logits.items():
+        row = {"split": split, "cases": len(z), "classes": z.shape[1]}
+        for t in temperatures:
+            row[f"mass off the top class, T={t:g}"] = float(1 - softmax(z, t).max(axis=1).mean())
+        row["classes with P >= 0.05 (T=1)"] = float((softmax(z) >= 0.05).sum(axis=1).mean())
+        rows.append(row)
+    return pd.DataFrame(rows).round(3)
+
+
+def confused_classes(run_dir: str | Path, max_len: int, split: str = "val", top: int = 8) -> pd.DataFrame:
+    """Which classes the teacher finds alike: for each pair (top class, runner-up class), how often its
+    second-highest probability goes to the runner-up and the mean probability it gets there (validation split).
+    """
+    names = data_mod.load_classes(run_dir)["classes"]
+    cases = load_cases(run_dir)
+    p = softmax(load_teacher_logits(run_dir, cases, max_len)[split])
+    order = np.argsort(-p, axis=1)
+    first, second = order[:, 0], order[:, 1]
+    frame = pd.DataFrame({"teacher's top class": [names[i] for i in first],
+                          "runner-up class": [names[i] for i in second],
+                          "runner-up P": p[np.arange(len(p)), second]})
+    table = frame.groupby(["teacher's top class", "runner-up class"])["runner-up P"].agg(["count", "mean"])
+    table = table.rename(columns={"count": "cases", "mean": "mean runner-up P"}).reset_index()
+    return table.sort_values(["cases", "mean runner-up P"], ascending=False).head(top).round(3).reset_index(drop=True)
 
 
 def teacher_confidence_table(run_dir: str | Path, max_len: int, temperatures=(1, 4)) -> pd.DataFrame:

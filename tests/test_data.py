@@ -218,7 +218,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
     card = data.prepare(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64)
     files = {p.name for p in (run_dir / "data").iterdir()}
     assert files == {"raw.csv", "raw_rationales.jsonl", "train.csv", "val.csv", "test.csv", "rationales.jsonl",
-                     "data_card.json", "vocab.json"}
+                     "data_card.json", "vocab.json", "classes.json"}
     assert card == data.load_data_card(run_dir)
     keys = {"source", "n_raw", "n_dropped_blank_label", "n_dropped_empty_text", "n_duplicates_removed", "n_train",
             "n_val", "n_test", "majority_rate", "majority_label", "label_rate_by_split", "text_template", "max_len",
