@@ -116,10 +116,11 @@ def validate(params: dict[str, Any]) -> None:
     _check(isinstance(params["bench_seeds"], list) and params["bench_seeds"]
            and set(params["bench_seeds"]) <= set(params["seeds"]), "bench_seeds",
            f"must be a non-empty subset of seeds {params['seeds']}")
-    for name in ("val_n", "test_n", "synthetic_transfer_n", "transfer_n", "patience", "bench_cases"):
+    for name in ("val_n", "test_n", "synthetic_transfer_n", "transfer_n", "patience", "bench_cases", "processes"):
         _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] >= 0, name,
                f"must be an integer >= 0, got {params[name]!r}")
     _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
+    _check(params["launcher"] in ("inprocess", "accelerate"), "launcher", "must be inprocess or accelerate")
     _check(isinstance(params["trim_vocab"], bool), "trim_vocab", "must be true or false")
     from .training import ARMS
 

@@ -20,12 +20,14 @@ from .teacher_logits import cache_teacher_logits
 from .training import CaseDataset, TrainConfig, encode_splits, predict_logits, resolve_precision, train
 
 
-def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
+def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
     """Fine-tune one teacher (the teacher or the ceiling teacher), save it, and score the splits it is read on.
 
     Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
     lines go to `job["lines"]`, a queue the notebook prints from). The teacher scores every split and the
     transfer pool (its logits are cached for the students); the ceiling teacher scores val and test.
+    Under `accelerate launch` (helpers.launcher) every process calls it with its `accelerator`; only the main
+    process saves, scores and returns (the others return None).
     """
     if "threads" in job:
         torch.set_num_threads(job["threads"])
@@ -47,7 +49,9 @@ def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
                       class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
                       progress=bar)
     result = train(model, CaseDataset(encoded["train"], labels["train"]),
-                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent")
+                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent", accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
     out = save_model(result.model, run_dir / "models" / job["folder"], spec)
     history = result.history
     history.insert(0, "seed", job["seed"])
@@ -68,12 +72,15 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
                       teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
                       class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
                       precision: str = "auto", model_overrides: dict[str, str] | None = None,
-                      progress: bool = True, workers: int = 1, threads: int = 2) -> dict[str, Any]:
+                      progress: bool = True, workers: int = 1, threads: int = 2, launcher: str = "inprocess",
+                      processes: int = 0) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
     recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
-    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each.
+    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each. With
+    `launcher` accelerate each teacher trains data-parallel in `processes` processes under `accelerate launch`
+    (helpers.launcher; 0: accelerate's own config), one after the other, and the same files come back.
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
@@ -91,7 +98,11 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
             for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
                                                                                "teacher_ceiling"))]
     workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
-    if workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
+    if launcher == "accelerate":
+        from .launcher import launch_teacher
+
+        done = [launch_teacher(j, processes=processes, threads=threads) for j in jobs]
+    elif workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
