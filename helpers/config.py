@@ -121,6 +121,12 @@ def validate(params: dict[str, Any]) -> None:
                f"must be an integer >= 0, got {params[name]!r}")
     _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
     _check(params["launcher"] in ("inprocess", "accelerate"), "launcher", "must be inprocess or accelerate")
+    if params["launcher"] == "accelerate" and params["processes"] == 0:
+        import torch
+
+        _check(params["device"] == "cuda" or (params["device"] == "auto" and torch.cuda.is_available()), "processes",
+               "0 leaves the count to accelerate's config or the GPU count, and this run trains on the CPU: set "
+               "processes (e.g. 2)")
     _check(isinstance(params["trim_vocab"], bool), "trim_vocab", "must be true or false")
     from .training import ARMS
 

@@ -126,3 +126,13 @@ def test_launch_command_flags():
     assert "--num_processes" not in launch_command("spec.json", 0, "cuda")  # accelerate's config decides
     with pytest.raises(ValueError, match="processes"):
         launch_command("spec.json", 0, "cpu")
+
+
+def test_launcher_parameters_are_checked_before_any_work():
+    from helpers.config import ConfigError
+
+    with pytest.raises(ConfigError, match="launcher"):
+        resolve("smoke", overrides={"launcher": "torchrun"})
+    with pytest.raises(ConfigError, match="processes"):
+        resolve("smoke", overrides={"launcher": "accelerate", "processes": 0, "device": "cpu"})
+    assert resolve("smoke", overrides={"launcher": "accelerate", "processes": 2})["processes"] == 2
