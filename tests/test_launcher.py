@@ -117,6 +117,50 @@ def test_two_cpu_processes_give_the_files_and_results_of_one(runs, capsys):
     assert k2[["model", "arm", "metric"]].equals(k1[["model", "arm", "metric"]])
 
 
+def _tiny_training(out: str | None) -> dict[str, np.ndarray]:
+    """train() on 97 cases in batches of 3, distilled, dropout off. Under a 2-process debug launch the shards of a
+    batch are 2 and 1 cases, and the batch of 1 that ends a pass leaves one process an empty shard. With `out`,
+    the main process saves its result."""
+    from accelerate import Accelerator
+    from transformers import BertForSequenceClassification
+
+    from helpers.models import config_for
+    from helpers.training import CaseDataset, TrainConfig, train
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True) if out else None
+    rng = np.random.default_rng(0)
+    enc = [{"input_ids": [101, *rng.integers(1000, 2000, size=rng.integers(3, 20)).tolist(), 102]} for _ in range(127)]
+    for e in enc:
+        e["attention_mask"] = [1] * len(e["input_ids"])
+    labels, t_logits = rng.integers(0, 2, 127), rng.normal(size=(127, 2)).astype(np.float32)
+    config = config_for(get_spec("Smoke_Tiny_1x32"))
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    cfg = TrainConfig(max_steps=40, lr=2e-3, batch_size=3, seed=3, eval_every=20, patience=0)
+    r = train(model, CaseDataset(enc[:97], labels[:97], t_logits[:97]), CaseDataset(enc[97:], labels[97:]), cfg,
+              mode="distilled", accelerator=accelerator)
+    result = {"val_logits": r.val_logits, "train_loss": r.history["train_loss"].to_numpy(),
+              "weights": torch.cat([p.detach().flatten() for p in r.model.parameters()]).numpy(),
+              "examples": np.array(r.train_examples), "digest": np.array(r.batch_digest)}
+    if out and accelerator.is_main_process:
+        assert accelerator.num_processes == 2
+        np.savez(out, **result)
+    return result
+
+
+def test_train_on_two_processes_follows_the_global_batch(tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(_tiny_training, args=(str(tmp_path / "two.npz"),), num_processes=2)
+    one = _tiny_training(None)
+    with np.load(tmp_path / "two.npz") as two:
+        assert str(two["digest"]) == str(one["digest"]) and int(two["examples"]) == int(one["examples"]) == 97 + 7 * 3
+        for key in ("weights", "val_logits", "train_loss"):
+            np.testing.assert_allclose(two[key], one[key], atol=1e-5, err_msg=key)
+
+
 def test_launch_command_flags():
     cmd = launch_command("spec.json", 2, "cpu")
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--mixed_precision"]
