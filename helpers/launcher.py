@@ -164,14 +164,17 @@ def main(argv: list[str] | None = None) -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text(encoding="utf-8"))
+    spec_path = Path((argv or sys.argv[1:])[0])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    run_dir = Path(spec["job"]["run_dir"] if spec["kind"] == "teacher" else spec["run_dir"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = spec["job"]["device"] if spec["kind"] == "teacher" else spec["settings"]["device"]
     accelerator = Accelerator(cpu=str(device).startswith("cpu"))
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # this process's GPU
     if accelerator.is_main_process:
-        print(f"{Path(sys.argv[-1]).name}: {accelerator.num_processes} process(es), "
+        name = spec_path.relative_to(run_dir) if spec_path.is_relative_to(run_dir) else spec_path
+        print(f"{name}: {accelerator.num_processes} process(es), "
               f"{accelerator.distributed_type.value}, backend {accelerator.state.backend or 'none'}, device {device}",
               flush=True)
     if spec["kind"] == "teacher":
