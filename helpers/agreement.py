@@ -15,7 +15,17 @@ from scipy.stats import spearmanr
 from .training import predict_logits
 
 AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
-FAITHFULNESS_METRICS = ["comprehensiveness", "sufficiency", "rationale_recall"]
+# Faithfulness of each model's own attributions, for two classes: the one the model itself predicts (`_own`: does
+# the explanation account for the model's own decision?) and the one the teacher predicts (`_teacher`: the decision
+# every model explains in the agreement metrics). Rationale recall ranks units by |score| for the teacher's class.
+FAITHFULNESS_METRICS = ["comprehensiveness_own", "sufficiency_own", "comprehensiveness_teacher",
+                        "sufficiency_teacher", "rationale_recall"]
+# Which convergence-delta flags rule a per-example value out of the means (the raw value stays in per_example.csv):
+# agreement compares the model's teacher-class attributions with the teacher's, so both must be sound.
+EXCLUDED_BY = {**dict.fromkeys(AGREEMENT_METRICS, ("flagged", "teacher_flagged")),
+               "comprehensiveness_own": ("flagged_own",), "sufficiency_own": ("flagged_own",),
+               "comprehensiveness_teacher": ("flagged",), "sufficiency_teacher": ("flagged",),
+               "rationale_recall": ("flagged",)}
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # Sign agreement ignores units below this share of the example's largest |score| in both vectors: near-zero
 # scores flip sign on numerical noise and would otherwise dominate long, mostly irrelevant texts.
@@ -147,29 +157,93 @@ def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Ten
     return p.gather(1, targets.cpu()[:, None])[:, 0].numpy()
 
 
+def excluded(per_example: pd.DataFrame, metric: str) -> pd.Series:
+    """Rows whose `metric` value is left out of every mean: a delta flag it depends on is set (EXCLUDED_BY);
+    rows without those columns (hand-made frames) exclude nothing."""
+    out = pd.Series(False, index=per_example.index)
+    for col in EXCLUDED_BY.get(metric, ()):
+        if col in per_example.columns:
+            out |= per_example[col].fillna(False).astype(bool)
+    return out
+
+
+def bootstrap_examples_seeds(table: np.ndarray, n_boot: int, seed: int = 0,
+                             level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, ci_low, ci_high, n) of a [examples x seeds] table (NaN = missing or excluded): each resample draws
+    seeds and examples with replacement, so the interval covers both sources of variation (with one seed: examples).
+    """
+    x = np.asarray(table, dtype=float).reshape(len(table), -1)
+    n = int((~np.isnan(x)).sum())
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    rng = np.random.default_rng(seed)
+    n_ex, n_seeds = x.shape
+    means = []
+    for _ in range(n_boot):
+        sub = x[np.ix_(rng.integers(0, n_ex, n_ex), rng.integers(0, n_seeds, n_seeds))]
+        if (~np.isnan(sub)).any():
+            means.append(np.nanmean(sub))
+    if not means:
+        means = [np.nanmean(x)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(np.nanmean(x)), float(lo), float(hi), n
+
+
+def interval_scope(n_examples: int, n_seeds: int) -> str:
+    """What an attribution interval covers, from the numbers of examples and student seeds actually explained."""
+    if n_seeds <= 1:
+        return (f"Attribution intervals resample the {n_examples} explained test cases of one training run per "
+                f"student and arm (one seed explained): they say how precisely that run was measured, not how much "
+                f"a retrained student would differ (pass more attribution_seeds for that).")
+    return (f"Attribution intervals of the distilled - independent differences and of the report's cosine resample "
+            f"the {n_examples} explained test cases and the {n_seeds} student seeds explained (each seed a "
+            f"separate training run); each per-seed row of the agreement table covers one run.")
+
+
 def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
-    """Mean and bootstrap 95% CI over examples, per model x mode x seed and metric."""
+    """Mean and bootstrap 95% CI over examples, per model x mode x seed (one training run) and metric; examples
+    excluded for their convergence delta are left out and counted in `n_excluded`."""
     rows = []
     for (model, mode, s), g in per_example.groupby(["model", "mode", "seed"], sort=False):
         for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
-            mean, lo, hi, n = bootstrap_mean(g[metric], n_boot, seed)
-            if n:
+            if metric not in g.columns:
+                continue
+            has = g[metric].notna()
+            out = excluded(g, metric) & has
+            mean, lo, hi, n = bootstrap_mean(g.loc[has & ~out, metric], n_boot, seed)
+            if n or out.any():
                 rows.append({"model": model, "mode": mode, "seed": s, "metric": metric, "mean": mean,
-                             "ci_low": lo, "ci_high": hi, "n": n})
-    return pd.DataFrame(rows, columns=["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n"])
+                             "ci_low": lo, "ci_high": hi, "n": n, "n_excluded": int(out.sum())})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+SUMMARY_COLUMNS = ["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded"]
+KD_DIFF_COLUMNS = ["model", "metric", "diff", "ci_low", "ci_high", "n", "n_seeds", "n_excluded"]
 
 
 def kd_differences(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
-    """Paired distilled - independent difference per student and metric (per example, averaged over seeds)."""
+    """Paired distilled - independent difference per student and metric: one value per example and seed (same
+    example, same seed), bootstrapped over examples and seeds; pairs with an excluded member are left out and
+    counted in `n_excluded`."""
     rows = []
     students = per_example[per_example["mode"].isin(["independent", "distilled"])]
     for model, g in students.groupby("model", sort=False):
         for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
-            wide = g.pivot_table(index=["id", "seed"], columns="mode", values=metric, aggfunc="mean")
-            if not {"independent", "distilled"} <= set(wide.columns):
+            if metric not in g.columns:
                 continue
-            diff = (wide["distilled"] - wide["independent"]).groupby(level="id").mean()
-            mean, lo, hi, n = bootstrap_mean(diff, n_boot, seed)
-            if n:
-                rows.append({"model": model, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi, "n": n})
-    return pd.DataFrame(rows, columns=["model", "metric", "diff", "ci_low", "ci_high", "n"])
+            kept = g[metric].where(~excluded(g, metric))
+            raw = g.pivot_table(index=["id", "seed"], columns="mode", values=metric, aggfunc="mean")
+            clean = g.assign(_v=kept).pivot_table(index=["id", "seed"], columns="mode", values="_v", aggfunc="mean",
+                                                  dropna=False)
+            if not {"independent", "distilled"} <= set(raw.columns):
+                continue
+            raw_diff = (raw["distilled"] - raw["independent"]).dropna()
+            diff = (clean["distilled"] - clean["independent"]).reindex(raw_diff.index)
+            if raw_diff.empty:
+                continue
+            table = diff.unstack("seed")
+            mean, lo, hi, n = bootstrap_examples_seeds(table.to_numpy(), n_boot, seed)
+            rows.append({"model": model, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi, "n": n,
+                         "n_seeds": int(table.shape[1]), "n_excluded": int(diff.isna().sum())})
+    return pd.DataFrame(rows, columns=KD_DIFF_COLUMNS)

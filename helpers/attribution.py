@@ -1,6 +1,7 @@
 """Integrated Gradients token attributions for every model, cached in the run folder, and the attribution stage.
 
-Each model explains the same decision: the logit of the class the teacher predicts. Attributions are taken with
+Each model explains the same decision, the logit of the class the teacher predicts (and, for its faithfulness on its
+own decision, the class it predicts itself where that differs). Attributions are taken with
 captum's LayerIntegratedGradients on the input word embeddings against a [CLS] [PAD] ... [PAD] [SEP] baseline
 with the input's attention mask, so position and segment embeddings are identical in input and baseline.
 """
@@ -151,17 +152,26 @@ def unit_scores(token_scores: np.ndarray, units: list[list[int]]) -> np.ndarray:
     return s / norm if norm > 0 else s
 
 
-def cache_key(checkpoint: Path, ids: list[str], targets: torch.Tensor, ig_steps: int, max_len: int) -> str:
-    """What a model's cached attributions depend on: weights, examples, explained classes, steps, max_len."""
-    payload = json.dumps({"weights": file_hash(checkpoint / "model.safetensors"), "ids": list(map(str, ids)),
-                          "targets": targets.tolist(), "ig_steps": ig_steps, "max_len": max_len})
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def cache_key(checkpoint: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+              ig_steps: int) -> str:
+    """What a model's cached attributions depend on: the checkpoint's weights (a hash of model.safetensors), the
+    token ids explained (with their attention mask: max_len and the tokenizer are in them), the explained classes
+    and the number of IG steps. Case ids play no part: new text under an old id is a new key."""
+    h = hashlib.sha256()
+    h.update(file_hash(checkpoint / "model.safetensors").encode())
+    for t in (input_ids, attention_mask, targets):
+        a = t.detach().cpu().to(torch.int64).contiguous()
+        h.update(json.dumps(list(a.shape)).encode())
+        h.update(a.numpy().tobytes())
+    h.update(json.dumps({"ig_steps": ig_steps}).encode())
+    return h.hexdigest()[:16]
 
 
-def explain(model, checkpoint: Path, examples: Examples, targets: torch.Tensor, cache_file: Path, ig_steps: int,
-            ig_internal_batch_size: int, max_len: int, device: torch.device) -> Explanation:
-    """A model's attributions of the examples, from `cache_file` when its key matches, else computed and cached."""
-    key = cache_key(checkpoint, list(examples.frame["id"]), targets, ig_steps, max_len)
+def explain(model, checkpoint: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+            cache_file: Path, *, ig_steps: int, ig_internal_batch_size: int, device: torch.device) -> Explanation:
+    """A model's attributions of the given token ids for `targets`, from `cache_file` when its key matches, else
+    computed and cached."""
+    key = cache_key(checkpoint, input_ids, attention_mask, targets, ig_steps)
     if cache_file.is_file():
         from safetensors import safe_open
 
@@ -174,8 +184,7 @@ def explain(model, checkpoint: Path, examples: Examples, targets: torch.Tensor, 
                                time.perf_counter() - t0, cached=True)
     t0 = time.perf_counter()
     attr, delta, change = integrated_gradients(
-        model, examples.input_ids.to(device), examples.attention_mask.to(device), targets.to(device),
-        ig_steps, ig_internal_batch_size)
+        model, input_ids.to(device), attention_mask.to(device), targets.to(device), ig_steps, ig_internal_batch_size)
     seconds = time.perf_counter() - t0
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({"token_scores": torch.from_numpy(attr), "delta": torch.from_numpy(delta),

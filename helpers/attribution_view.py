@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS
+from .agreement import AGREEMENT_METRICS, FAITHFULNESS_METRICS, excluded
 from .data import OUTCOME
 from .run_folder import save_figure as _save
 
@@ -85,10 +85,13 @@ def agreement_heatmap(summary: pd.DataFrame, run_dir: str | Path | None = None) 
 def similarity_distributions(per_example: pd.DataFrame, summary: pd.DataFrame,
                              run_dir: str | Path | None = None) -> Figure:
     """Per-example cosine and Spearman similarity to the teacher per student x mode, the ceiling as a band."""
-    students = per_example[per_example["mode"].isin(["independent", "distilled"])]
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2, sharey=False)
     for ax, metric in zip(axes, ["cosine", "spearman"]):
+        out = excluded(per_example, metric) & per_example[metric].notna()
+        shown = per_example["mode"].isin(["independent", "distilled"])
+        students = per_example[shown & ~out]  # flagged explanations are left out, as in every mean
+        n_out = int((shown & out).sum())
         if not students.empty:
             sns.boxplot(data=students, x="model", y=metric, hue="mode", hue_order=["independent", "distilled"],
                         ax=ax, showfliers=False)
@@ -98,7 +101,8 @@ def similarity_distributions(per_example: pd.DataFrame, summary: pd.DataFrame,
         if ceil is not None:
             ax.axhspan(ceil["ci_low"], ceil["ci_high"], color="tab:red", alpha=0.12)
             ax.axhline(ceil["mean"], color="tab:red", ls="--", label=f"ceiling (teacher vs teacher) {ceil['mean']:.2f}")
-        ax.set_title(f"{metric} similarity to the teacher, per example")
+        ax.set_title(f"{metric} similarity to the teacher, per example"
+                     + (f"\n({n_out} example(s) left out: |convergence delta| over the threshold)" if n_out else ""))
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=25)
         ax.legend(fontsize=8)
@@ -134,9 +138,12 @@ def faithfulness_plot(summary: pd.DataFrame, run_dir: str | Path | None = None) 
     data["row"] = [_label(m, mo, s) for m, mo, s in zip(data["model"], data["mode"], data["seed"])]
     rows = list(dict.fromkeys(data.sort_values("mode", key=lambda m: m.map(
         {"teacher": 0, "ceiling": 1, "independent": 2, "distilled": 3}), kind="stable")["row"]))
-    fig = Figure(figsize=(5 * len(metrics), 0.4 * len(rows) + 2.5))
+    fig = Figure(figsize=(4.2 * len(metrics), 0.4 * len(rows) + 2.5))
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
-    hints = {"comprehensiveness": "higher = more faithful", "sufficiency": "lower = more faithful",
+    hints = {"comprehensiveness_own": "own predicted class, higher = more faithful",
+             "sufficiency_own": "own predicted class, lower = more faithful",
+             "comprehensiveness_teacher": "teacher's class, higher = more faithful",
+             "sufficiency_teacher": "teacher's class, lower = more faithful",
              "rationale_recall": "share of planted cues in the top-k"}
     for ax, metric in zip(axes, metrics):
         d = data[data["metric"] == metric].set_index("row").reindex(rows)
@@ -148,17 +155,21 @@ def faithfulness_plot(summary: pd.DataFrame, run_dir: str | Path | None = None) 
             ax.axvline(base["mean"].iloc[0], color="tab:red", ls="--", label="random ranking")
             ax.legend(fontsize=8)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(f"{metric}\n({hints[metric]})")
+        ax.set_title(f"{metric}\n({hints[metric]})", fontsize=9)
     axes[0].invert_yaxis()
     return _save(fig, run_dir, "04_faithfulness.png")
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv as one row per model x mode x seed and one 'mean [ci_low, ci_high]' column per metric."""
+    """summary.csv as one row per model x mode x seed and one 'mean [ci_low, ci_high]' column per metric; a cell
+    whose mean left out examples for their convergence delta says how many, and `excluded` sums them per row."""
     labels = [_label(m, mo, s) for m, mo, s in zip(summary["model"], summary["mode"], summary["seed"])]
-    data = summary.assign(row=labels,
-                          cell=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-                                zip(summary["mean"], summary["ci_low"], summary["ci_high"])])
+    n_excl = summary["n_excluded"].fillna(0).astype(int) if "n_excluded" in summary else pd.Series(0, summary.index)
+    cells = [("–" if pd.isna(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]") + (f" ({k} excl.)" if k else "")
+             for m, lo, hi, k in zip(summary["mean"], summary["ci_low"], summary["ci_high"], n_excl)]
+    data = summary.assign(row=labels, cell=cells, n_excl=n_excl)
     cols = [m for m in AGREEMENT_METRICS + FAITHFULNESS_METRICS if m in set(data["metric"])]
-    return data.pivot(index="row", columns="metric", values="cell").reindex(
-        index=list(dict.fromkeys(data["row"])), columns=cols).fillna("")
+    rows = list(dict.fromkeys(data["row"]))
+    table = data.pivot(index="row", columns="metric", values="cell").reindex(index=rows, columns=cols).fillna("")
+    excl = data[data["mode"] != "baseline"].groupby("row")["n_excl"].max().reindex(rows).fillna(0).astype(int)
+    return table.assign(**{"excluded (|delta|)": excl.to_numpy()})

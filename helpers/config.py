@@ -133,6 +133,8 @@ def validate(params: dict[str, Any]) -> None:
     _check(isinstance(params["arms"], list) and "independent" in params["arms"]
            and set(params["arms"]) <= set(ARMS), "arms",
            f"must be a list of {', '.join(ARMS)} that includes independent, got {params['arms']!r}")
+    _check("chain" not in params["arms"] or "distilled" in params["arms"], "arms",
+           "chain needs distilled (its first link is direct distillation, and it is compared with it)")
     _check(isinstance(params["transfer_students"], list) and set(params["transfer_students"]) <= set(
         params["students"]), "transfer_students", "must be a subset of students ([] = all)")
     _check(isinstance(params["transfer_path"], str), "transfer_path", "must be a path string ('' = none)")

@@ -205,6 +205,15 @@ ARM_WORDS = {"distilled": "distillation", "distilled_transfer": "distillation wi
              "pseudo_label_transfer": "pseudo-labels on the transfer set", "chain": "chain distillation"}
 
 
+def _contrast_words(arm: str, against: str) -> str:
+    """The subject of a verdict line: what the arm changes over its reference."""
+    if against == "independent":
+        return ARM_WORDS.get(arm, arm)
+    if (arm, against) == ("chain", "distilled"):
+        return "the chain over direct distillation"
+    return f"soft targets ({arm} over {against})"
+
+
 def _not_learned(runs: pd.DataFrame | None, name: str, arm: str) -> str:
     if runs is None or "did_not_learn" not in runs:
         return ""
@@ -223,8 +232,9 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     arm_mean/std, diff, ci_low, ci_high (unadjusted 95%), se, p_value, p_adjusted (Holm over every row of the same
     metric), meaningful, did_not_learn, verdict. Every arm is compared with `independent`; a student with both
     transfer arms also gets distilled_transfer against pseudo_label_transfer (same extra cases, soft vs hard
-    targets). A student whose runs predict one class on validation in every seed is reported as not comparable
-    rather than as a zero difference.
+    targets), and a student with the chain arm also gets chain against distilled (chain_vs_direct: the same loss
+    from the previous, larger student instead of the teacher). A student whose runs predict one class on validation
+    in every seed is reported as not comparable rather than as a zero difference.
     """
     rows = []
     for name in students:
@@ -239,6 +249,8 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
         pairs = [("independent", arm) for arm in arms]
         if {"distilled_transfer", "pseudo_label_transfer"} <= set(arms):  # soft targets vs hard labels, same data
             pairs.append(("pseudo_label_transfer", "distilled_transfer"))
+        if {"distilled", "chain"} <= set(arms):  # chain_vs_direct: a teacher assistant vs the teacher itself
+            pairs.append(("distilled", "chain"))
         for against, arm in pairs:
             seeds = sorted(set(wide[against].columns) & set(wide[arm].columns))
             pa = wide[against][seeds].to_numpy().T
@@ -266,7 +278,6 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2
     table["verdict"] = [verdict(r.diff, r.ci_low, r.ci_high, bool(r.meaningful), r.metric,
                                 p_adjusted=None if np.isnan(r.p_adjusted) else r.p_adjusted,
-                                arm=ARM_WORDS.get(r.arm, r.arm) if r.against == "independent" else
-                                f"soft targets ({r.arm} over {r.against})", did_not_learn=r.did_not_learn)
+                                arm=_contrast_words(r.arm, r.against), did_not_learn=r.did_not_learn)
                         for r in table.itertuples()]
     return table

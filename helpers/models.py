@@ -1,6 +1,7 @@
 """Named model specs, and building, saving and loading sequence classifiers from them (safetensors only)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -202,7 +203,55 @@ def _load_pretrained(spec: ModelSpec, num_labels: int) -> PreTrainedModel:
         raise ModelSourceError(
             f"{spec.source!r} holds a {got[0]} {got[1]}x{got[2]} model with vocab {getattr(cfg, 'vocab_size', '?')}, "
             f"but spec {spec.name!r} is {spec.family} {spec.shape} with the bert-base-uncased vocabulary.")
+    if is_folder:
+        check_vocabulary(local, spec.name)
     return model
+
+
+def folder_vocabulary(folder: Path) -> list[str] | None:
+    """The wordpieces of a checkpoint folder in id order (vocab.txt, else tokenizer.json); None when it has none."""
+    if (folder / "vocab.txt").is_file():
+        return (folder / "vocab.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
+    if (folder / "tokenizer.json").is_file():
+        vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("vocab")
+        if isinstance(vocab, dict):
+            return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        if isinstance(vocab, list):  # unigram tokenizers: [[piece, score], ...]
+            return [v[0] if isinstance(v, list) else str(v) for v in vocab]
+    return None
+
+
+def vocabulary_digest(tokens: list[str]) -> str:
+    """sha256 of a vocabulary (its wordpieces in id order)."""
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def check_vocabulary(folder: Path, spec_name: str) -> None:
+    """Refuse a local checkpoint folder whose vocabulary is not bert-base-uncased's, id for id.
+
+    Every model shares one tokenizer, so a folder trained on another vocabulary would read the same ids as other
+    words. A folder without a vocabulary file passes only when it was written by `save_model` (it has the spec.json
+    this suite writes, and this suite only ever uses the shared vocabulary).
+    """
+    from .tokenization import get_tokenizer
+
+    tokens = folder_vocabulary(folder)
+    if tokens is None:
+        if (folder / "spec.json").is_file():
+            return
+        raise ModelSourceError(
+            f"{folder} (model spec {spec_name!r}) has no vocab.txt or tokenizer.json, so its vocabulary cannot be "
+            f"checked against bert-base-uncased's. Save the tokenizer beside the weights "
+            f"(`tokenizer.save_pretrained('{folder}')`).")
+    ref = get_tokenizer().convert_ids_to_tokens(list(range(VOCAB_SIZE)))
+    if vocabulary_digest(tokens) != vocabulary_digest(ref):
+        first = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), min(len(tokens), len(ref)))
+        found = tokens[first] if first < len(tokens) else "<end>"
+        raise ModelSourceError(
+            f"{folder} (model spec {spec_name!r}) has a vocabulary that differs from bert-base-uncased's, which every "
+            f"model here shares: {len(tokens)} wordpieces vs {VOCAB_SIZE}, first difference at id {first} "
+            f"({found!r} vs {ref[first] if first < len(ref) else '<end>'!r}). Use a checkpoint trained with the "
+            f"bert-base-uncased vocabulary, or train the spec from scratch (`{spec_name}: random`).")
 
 
 def _copy_bert_layer_into_distilbert(src: nn.Module, dst: nn.Module) -> None:

@@ -17,7 +17,8 @@ from .training import ARMS as STUDENT_MODES
 QUESTION = ("Does true knowledge distillation (alpha*T^2*KL + (1-alpha)*CE against the teacher's softened "
             "probabilities), with or without an unlabelled transfer set, make a small student predict case outcomes "
             "better than training it on the labels alone, and which model should be deployed?")
-STATISTICS = ("Paired differences arm - independent per student on the test split (same seeds, same cases); 95% "
+STATISTICS = ("Paired differences arm - independent per student on the test split (same seeds, same cases; also "
+              "distilled_transfer - pseudo_label_transfer and chain - distilled, where both arms ran); 95% "
               "t-interval over seed-level differences whose standard error adds the test-case sampling variance "
               "(df = seeds - 1); p-values two-sided, Holm-adjusted over every student x arm of the same metric. "
               "Intervals are unadjusted. Every choice (best step, learning rate, collapse gate, deployed model) was "
@@ -40,6 +41,7 @@ class RunTables:
     environment: dict[str, Any] | None
     attributions: pd.DataFrame | None
     attribution_examples: pd.DataFrame | None
+    chain: pd.DataFrame | None = None  # models/chain.csv: who taught whom in the chain arm
 
 
 def _optional_csv(path: Path, **kwargs) -> pd.DataFrame | None:
@@ -62,7 +64,8 @@ def load_tables(run_dir: str | Path) -> RunTables:
                      paper=_optional_csv(run / "benchmark" / "paper.csv"),
                      environment=read_json(env_path) if env_path.is_file() else None,
                      attributions=_optional_csv(run / "attributions" / "summary.csv"),
-                     attribution_examples=_optional_csv(run / "attributions" / "per_example.csv", dtype={"id": str}))
+                     attribution_examples=_optional_csv(run / "attributions" / "per_example.csv", dtype={"id": str}),
+                     chain=_optional_csv(run / "models" / "chain.csv"))
 
 
 def _num(x: Any) -> float | None:
@@ -91,7 +94,9 @@ def kd_verdicts(t: RunTables) -> list[dict[str, str]]:
 
 
 def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict[str, Any] | None:
-    """Cosine similarity of the model's attributions to the teacher's: mean and 95% CI over examples."""
+    """Cosine similarity of the model's attributions to the teacher's: mean and 95% CI resampling the explained
+    examples and seeds (agreement.bootstrap_examples_seeds), examples excluded for their convergence delta left out
+    and counted."""
     if t.attributions is None:
         return None
     rows = t.attributions[(t.attributions["model"] == name) & (t.attributions["mode"] == mode)
@@ -99,17 +104,29 @@ def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict
     if rows.empty or rows["mean"].isna().all():
         return None
     seeds = sorted(int(s) for s in rows["seed"])
+    n_excluded = int(rows["n_excluded"].sum()) if "n_excluded" in rows else 0
     if len(rows) == 1 or t.attribution_examples is None:
         r = rows.iloc[0] if len(rows) == 1 else rows.mean(numeric_only=True)
         return {"mean": float(rows["mean"].mean()), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
-                "seeds": seeds}
-    from .agreement import bootstrap_mean
+                "seeds": seeds, "n_excluded": n_excluded}
+    from .agreement import bootstrap_examples_seeds, excluded
 
-    # Several seeds explained: average each example over seeds, then bootstrap over examples.
     pe = t.attribution_examples
-    per_id = pe[(pe["model"] == name) & (pe["mode"] == mode)].groupby("id")["cosine"].mean()
-    mean, lo, hi, _ = bootstrap_mean(per_id.to_numpy(), n_boot)
-    return {"mean": float(mean), "ci_low": _num(lo), "ci_high": _num(hi), "seeds": seeds}
+    pe = pe[(pe["model"] == name) & (pe["mode"] == mode)]
+    table = pe["cosine"].where(~excluded(pe, "cosine")).groupby([pe["id"], pe["seed"]]).mean().unstack("seed")
+    mean, lo, hi, _ = bootstrap_examples_seeds(table.to_numpy(), n_boot)
+    return {"mean": float(mean), "ci_low": _num(lo), "ci_high": _num(hi), "seeds": seeds, "n_excluded": n_excluded}
+
+
+def attribution_scope(t: RunTables) -> str | None:
+    """What the attribution intervals cover, from the numbers of examples and student seeds stage 04 explained."""
+    if t.attribution_examples is None:
+        return None
+    from .agreement import interval_scope
+
+    pe = t.attribution_examples
+    seeds = pe.loc[~pe["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
+    return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1))
 
 
 def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:
@@ -118,6 +135,26 @@ def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:
     b = t.benchmark[t.benchmark["model"] == name]
     exact = b[b["mode"] == mode]
     return (exact if len(exact) else b).iloc[0].to_dict() if len(b) else {}
+
+
+def _gain(r, teacher_collapsed_: bool) -> dict[str, Any]:
+    """A kd_gain.csv row as summary.json writes it."""
+    return {"against": str(r.against), "diff": float(r.diff), "ci_low": _num(r.ci_low), "ci_high": _num(r.ci_high),
+            "p_value": _num(r.p_value), "p_adjusted": _num(r.p_adjusted), "n_seeds": int(r.n_seeds),
+            "meaningful": bool(r.meaningful) and not teacher_collapsed_, "did_not_learn": str(r.did_not_learn),
+            "verdict": str(r.verdict)}
+
+
+def _chain_vs_direct(t: RunTables, name: str) -> dict[str, Any] | None:
+    """A chain student's chain - distilled row of kd_gain.csv, with the link's teacher (models/chain.csv)."""
+    rows = t.kd_gain[(t.kd_gain["metric"] == "accuracy") & (t.kd_gain["model"] == name)
+                     & (t.kd_gain["arm"] == "chain") & (t.kd_gain["against"] == "distilled")]
+    link = None if t.chain is None else t.chain[t.chain["model"] == name]
+    if rows.empty or link is None or link.empty:
+        return None
+    return {"against": "distilled", "teacher": str(link["teacher"].iloc[0]),
+            "teacher_params": int(link["teacher_params"].iloc[0]),
+            **{k: v for k, v in _gain(next(rows.itertuples()), teacher_collapsed(t)).items() if k != "against"}}
 
 
 def model_entries(t: RunTables) -> list[dict[str, Any]]:
@@ -148,11 +185,8 @@ def model_entries(t: RunTables) -> list[dict[str, Any]]:
             "fidelity": {"agreement": _stat(g["agreement"]), "kl_to_teacher": _stat(g["kl_to_teacher"])}
             if student else None,
             "attribution_cosine": _attribution(t, name, mode),
-            "kd_gain": None if gain is None else {
-                "against": "independent", "diff": float(gain.diff), "ci_low": _num(gain.ci_low),
-                "ci_high": _num(gain.ci_high), "p_value": _num(gain.p_value), "p_adjusted": _num(gain.p_adjusted),
-                "n_seeds": int(gain.n_seeds), "meaningful": bool(gain.meaningful) and not teacher_collapsed(t),
-                "did_not_learn": str(gain.did_not_learn), "verdict": str(gain.verdict)},
+            "kd_gain": None if gain is None else _gain(gain, teacher_collapsed(t)),
+            "chain_vs_direct": _chain_vs_direct(t, name) if mode == "chain" else None,
         })
     return out
 
@@ -262,6 +296,7 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "question": QUESTION,
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
             "precision": str(t.teacher.get("precision", "fp32")), "verdicts": verdicts, "data": t.card,
+            "attribution_scope": attribution_scope(t),
             "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}

@@ -11,8 +11,9 @@ import pandas as pd
 from .report import QUESTION, STUDENT_MODES, kd_verdicts, load_tables, teacher_collapsed
 from .training_plots import baselines_frame
 
-ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness, rationale "
-                     "recall: mean [95% CI]")
+ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness for the "
+                     "model's own and the teacher's class, rationale recall: mean [95% CI]; examples whose "
+                     "|convergence delta| exceeds ig_delta_threshold are left out and counted (excl.).")
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
@@ -40,8 +41,85 @@ def kd_table(run_dir: str | Path) -> pd.DataFrame:
     })
 
 
+def chain_table(run_dir: str | Path) -> pd.DataFrame | None:
+    """Per chain link (largest student first): who taught it, the size gap to that teacher, the teacher's own test
+    accuracy, and the student's test accuracy distilled directly from the run's teacher vs along the chain, with the
+    paired chain - direct difference, its unadjusted 95% interval, Holm p and verdict (None: no chain arm ran)."""
+    t = load_tables(run_dir)
+    if t.chain is None or t.chain.empty:
+        return None
+    acc = t.kd_gain[t.kd_gain["metric"] == "accuracy"]
+    test = t.metrics.set_index(["model", "mode", "seed"])["accuracy"]
+    teacher_name = t.index["teacher"]["name"]
+    rows = []
+    for link in t.chain.itertuples():
+        if link.teacher == teacher_name:
+            taught_acc = float(t.teacher["test"]["accuracy"])
+        else:
+            taught_acc = float(test.get((link.teacher, link.teacher_mode, int(link.teacher_seed)), np.nan))
+        direct = acc[(acc["model"] == link.model) & (acc["arm"] == "distilled") & (acc["against"] == "independent")]
+        row = {"link": int(link.link), "student": link.model, "params_m": round(link.params / 1e6, 2),
+               "learns from": (f"{link.teacher} ({link.teacher_mode}, seed {int(link.teacher_seed)})"
+                               if link.teacher != teacher_name else f"{link.teacher} (the teacher)"),
+               "teacher/student params": round(link.teacher_params / link.params, 1),
+               "teacher gap (direct)": round(t.index["teacher"]["params"] / link.params, 1),
+               "teacher test accuracy": round(taught_acc, 3),
+               "direct (distilled) accuracy": "–" if direct.empty else _mean_std(
+                   direct["arm_mean"].iloc[0], direct["arm_std"].iloc[0], int(direct["n_seeds"].iloc[0]))}
+        pair = acc[(acc["model"] == link.model) & (acc["arm"] == "chain") & (acc["against"] == "distilled")]
+        if link.teacher == teacher_name or pair.empty:
+            row.update({"chain accuracy": row["direct (distilled) accuracy"], "chain − direct": "–",
+                        "95% CI (unadjusted)": "–", "Holm p": "–",
+                        "verdict": "first link: the chain is direct distillation (the same runs)"})
+        else:
+            r = pair.iloc[0]
+            row.update({"chain accuracy": _mean_std(r["arm_mean"], r["arm_std"], int(r["n_seeds"])),
+                        "chain − direct": f"{r['diff']:+.3f}",
+                        "95% CI (unadjusted)": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                        "Holm p": "–" if pd.isna(r["p_adjusted"]) else f"{r['p_adjusted']:.3g}",
+                        "verdict": str(r["verdict"]).split(":")[0]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def chain_text(run_dir: str | Path) -> str:
+    """What the run says about the chain, in sentences built from chain_table (no chain arm: says so)."""
+    table = chain_table(run_dir)
+    if table is None:
+        return "The chain arm did not run (it needs `chain` in `arms` and two students or more)."
+    rows = table.to_dict("records")
+    first = rows[0]
+    parts = [f"{first['student']} is the first link: it learns from the teacher (a {first['teacher/student params']}x "
+             f"size gap), so its chain runs are its distilled runs."]
+    for r in rows[1:]:
+        parts.append(f"{r['student']} learned from {r['learns from'].split(' (')[0]} ({r['teacher/student params']}x "
+                     f"its size instead of the teacher's {r['teacher gap (direct)']}x; that model tests at "
+                     f"{r['teacher test accuracy']:.3f}, the teacher at {first['teacher test accuracy']:.3f}): chain "
+                     f"{r['chain accuracy']} vs direct {r['direct (distilled) accuracy']}, chain − direct "
+                     f"{r['chain − direct']} {r['95% CI (unadjusted)']}, Holm p {r['Holm p']}: {r['verdict']}.")
+    verdicts = [r["verdict"] for r in rows[1:]]
+    helped = sum(v.endswith("helped") for v in verdicts)
+    hurt = sum(v.endswith("hurt") for v in verdicts)
+    lost = sum(v.startswith("not comparable") for v in verdicts)
+    if helped and not hurt:
+        parts.append("Here the intermediate teacher bridged the gap: the teacher-assistant effect shows.")
+    elif hurt and not helped:
+        parts.append("Here the intermediate teacher cost accuracy: a smaller, weaker teacher passed on less than "
+                     "the gap to the large one took away.")
+    elif helped or hurt:
+        parts.append("The chain helped some students and hurt others.")
+    elif lost == len(verdicts):
+        parts.append("No chain student is comparable (one of its arms predicts one class on validation in every "
+                     "seed): this run says nothing about teacher assistants.")
+    else:
+        parts.append("At this run's resolution the chain and direct distillation cannot be told apart: no evidence "
+                     "that a teacher assistant helps at these size gaps (which is not evidence that it does not).")
+    return " ".join(parts)
+
+
 def floor_ceiling(run_dir: str | Path) -> pd.DataFrame:
-    """Test accuracy of the references (majority, TF-IDF, teachers, Bayes rule) beside the best student per arm.
+    """Test accuracy of the references (majority, TF-IDF, teachers, the rule as oracle and within max_len) beside the
+    best student per arm.
 
     "Best" is chosen on validation accuracy (mean over seeds); the row shows that student's test figures.
     """
@@ -73,7 +151,7 @@ def _fmt_interval(s: dict[str, Any] | None) -> str:
         return "–"
     ci = (f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s.get("ci_low") is not None and s.get("ci_high") is not None
           else "")
-    return f"{s['mean']:.3f}{ci}"
+    return f"{s['mean']:.3f}{ci}" + (f" ({s['n_excluded']} excl.)" if s.get("n_excluded") else "")
 
 
 def models_table(summary: dict[str, Any]) -> pd.DataFrame:
@@ -127,9 +205,13 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
     run = Path(run_dir)
     t = load_tables(run)
     out = {"Did distillation help? Test accuracy per student and arm (mean ± std over seeds; intervals unadjusted, "
-           "p Holm-adjusted)": kd_table(run),
-           "Floor and ceiling: test split": floor_ceiling(run),
-           "Size, speed, accuracy and fidelity to the teacher, per model x mode (test split)": models_table(summary)}
+           "p Holm-adjusted)": kd_table(run)}
+    chain = chain_table(run)
+    if chain is not None:
+        out["The progressive chain: each student distilled from the previous, larger one vs directly from the "
+            "teacher (test accuracy; intervals unadjusted, p Holm-adjusted)"] = chain
+    out["Floor and ceiling: test split"] = floor_ceiling(run)
+    out["Size, speed, accuracy and fidelity to the teacher, per model x mode (test split)"] = models_table(summary)
     if t.paper is not None:
         out["The seed's six architectures (random weights): measured vs claimed"] = t.paper.round(3)
     variants = run / "benchmark" / "variants.csv"
@@ -139,7 +221,7 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
             ["model", "variant"], sort=False, as_index=False)[
             ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
     if t.attributions is not None:
-        out[ATTRIBUTION_TITLE] = attribution_table(run)
+        out[f"{ATTRIBUTION_TITLE} {summary.get('attribution_scope') or ''}".strip()] = attribution_table(run)
     return out
 
 

@@ -1,8 +1,12 @@
-"""Stage 03: train every student in every arm (independent, distilled, transfer), on identical seeds and budgets."""
+"""Stage 03: train every student in every arm (independent, distilled, transfer, chain), on identical seeds and
+budgets."""
 from __future__ import annotations
 
+import queue
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,12 @@ from . import data as data_mod
 from .checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
 from .data import SPLITS, TRANSFER, load_cases
 from .evaluation import classification_metrics, kd_gain_table
-from .models import build_model, get_spec, load_model, save_model
+from .models import build_model, count_params, get_spec, load_model, save_model
 from .run_folder import read_index, read_json, write_csv, write_index, write_json
-from .teacher_logits import load_teacher_logits
+from .teacher_logits import cache_teacher_logits, load_teacher_logits, read_cached_logits
 from .training import (
     ARMS,
+    CHAIN_ARM,
     TRANSFER_ARMS,
     CaseDataset,
     TrainConfig,
@@ -40,6 +45,7 @@ class Job:
     lr: float
     final: bool  # True: saved as the run's checkpoint and scored on test; False: a trial (learning rate, curve)
     transfer_n: int | None = None  # transfer cases for a transfer arm (None: the stage's transfer_n)
+    link_logits: str | None = None  # chain arm: run-folder path of its link teacher's cached logits (chain_logits/)
 
 
 @dataclass
@@ -139,9 +145,13 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
     cfg = TrainConfig(max_steps=st["max_steps"], lr=job.lr, batch_size=st["batch_size"], seed=job.seed,
                       eval_every=st["eval_every"], patience=st["patience"], selection_metric=st["selection_metric"],
                       class_weighted=st["class_weighted"], device=st["device"], precision=st["precision"])
-    data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
+    if job.arm == CHAIN_ARM:  # the previous link's logits stand in for the teacher's (always from the cache)
+        data = CaseDataset(sh.encoded["train"], sh.labels["train"],
+                           read_cached_logits(sh.run_dir / job.link_logits)["train"])
+    else:
+        data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
     result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
-                   teacher_model=sh.online_teacher, accelerator=accelerator)
+                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return None
     out = save_model(result.model, job_folder(sh.run_dir, job), spec)
@@ -165,21 +175,72 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
                     "did_not_learn": _did_not_learn(result.val_logits)}}
 
 
-def _run_jobs(jobs: list[Job], pool, label: str) -> list[dict[str, Any]]:
-    """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left."""
-    out, start = [], time.perf_counter()
-    results = pool.imap(run_job, jobs) if pool is not None else map(run_job, jobs)
-    for k, res in enumerate(results, start=1):
+def _run_jobs(jobs: list[Job], pool, label: str,
+              then: dict[tuple[str, str, int], Callable[[dict[str, Any]], list[Job]]] | None = None,
+              later: int = 0) -> list[dict[str, Any]]:
+    """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left.
+
+    `then[(name, arm, seed)]`, called with that run's result when it finishes, returns the jobs it unlocks (a chain
+    link waits for the previous link's model); they join the queue while independent jobs keep the workers busy.
+    `later` counts those jobs for the progress line.
+    """
+    then = dict(then or {})
+    out, start, total = [], time.perf_counter(), len(jobs) + later
+    done: queue.Queue = queue.Queue()
+    backlog: deque[Job] = deque()
+    pending = 0
+
+    def submit(job: Job) -> None:
+        nonlocal pending
+        pending += 1
+        if pool is None:
+            backlog.append(job)
+        else:
+            pool.apply_async(run_job, (job,), callback=done.put, error_callback=done.put)
+
+    for job in jobs:
+        submit(job)
+    while pending:
+        res = run_job(backlog.popleft()) if pool is None else done.get()
+        pending -= 1
+        if isinstance(res, BaseException):
+            raise res
         out.append(res)
+        k = len(out)
         r, elapsed = res["row"], time.perf_counter() - start
-        left = elapsed / k * (len(jobs) - k)
+        left = elapsed / k * (total - k)
         lr = f"  lr {r['lr']:g}" if not res["job"].final else ""
-        print(f"[{label} {k}/{len(jobs)}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
+        print(f"[{label} {k}/{total}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
               f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
               f"{' (early stop)' if r['stopped_early'] else ''}  "
               f"{r['train_examples'] / max(r['train_seconds'], 1e-9):.0f} ex/s  ({r['seconds']:.0f} s)"
               f"{'  DID NOT LEARN: ' + r['did_not_learn'] if r['did_not_learn'] else ''}", flush=True)
+        unlock = then.pop((res["job"].name, res["job"].arm, res["job"].seed), None)
+        for job in unlock(res) if unlock is not None else []:
+            submit(job)
     return out
+
+
+def chain_order(sizes: dict[str, int]) -> list[str]:
+    """The chain's links: students from the largest parameter count to the smallest (ties keep the given order)."""
+    return sorted(sizes, key=lambda name: -sizes[name])
+
+
+def student_sizes(students: list[str], shared: Shared, model_overrides: dict[str, str] | None = None
+                  ) -> dict[str, int]:
+    """Parameters of each student as it is trained (after vocabulary trimming), built once from its spec."""
+    return {name: count_params(build_model(get_spec(name, model_overrides), teacher=shared.teacher,
+                                           keep_ids=shared.keep_ids))[0] for name in students}
+
+
+def cache_link_logits(shared: Shared, link_teacher: str | Path) -> Path:
+    """The training-split logits of a chain link's teacher (a student checkpoint), computed once and cached in
+    models/chain_logits/ by the teacher-logit cache (keyed by that checkpoint and the data); returns the file."""
+    st = shared.settings
+    train_cases = {"train": load_cases(shared.run_dir)["train"]}
+    path, _ = cache_teacher_logits(shared.run_dir, train_cases, {"train": shared.encoded["train"]}, st["max_len"],
+                                   st["device"], st["precision"], teacher_dir=link_teacher, folder="chain_logits")
+    return path
 
 
 def select_learning_rates(trials: list[dict[str, Any]], metric: str) -> tuple[dict[str, float], pd.DataFrame]:
@@ -204,17 +265,26 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                       teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
                       device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
                       model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
+                      transfer_curve: list[float] | None = None, transfer_curve_seeds: list[int] | None = None,
                       workers: int = 1, threads: int = 2, launcher: str = "inprocess",
                       processes: int = 0) -> dict[str, Any]:
     """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
 
     Args:
         arms: subset of training.ARMS; `independent` is always trained (every gain is measured against it).
+            `chain` (needs `distilled`) distils each student from the previous, larger one: students ordered by
+            parameter count, the first from the teacher, so its chain runs are its distilled runs (not retrained);
+            every later student learns from the previous link's first-seed chain model, whose training-split logits
+            are cached once (models/chain_logits/), with the same loss, budget, seeds and learning rate as its
+            distilled arm. The links are written to models/chain.csv.
         transfer_students: students that get the transfer arms ([] or None: all students).
         transfer_n: transfer-pool cases the transfer arms use (the first n of data/transfer.csv).
         lr_grid, lr_grid_warm: learning rates tried on the first seed for random-init students and for students
             that start from teacher layers or pretrained weights; the one with the best mean validation
             `selection_metric` over the independent and distilled arms is used for every arm and seed of that student.
+        transfer_curve, transfer_curve_seeds: extra transfer-pool sizes (multiples of the labelled training set) for
+            one student's distilled_transfer curve (curve_student), trained on those seeds in the same worker pool
+            as the stage's runs; writes models/transfer_curve.csv ([] or None: no curve, the file is removed).
         precision: must resolve to the teacher's precision (teacher_metrics.json): one precision per run.
         workers: training processes run side by side (CPU only), each with threads // workers torch threads; every
             run is seeded, so the results do not depend on which worker ran it.
@@ -234,6 +304,9 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     if unknown:
         raise ValueError(f"parameter arms: unknown arm(s) {unknown} (known: {', '.join(ARMS)})")
     arms = ["independent", *[a for a in ARMS[1:] if a in arms]]
+    if CHAIN_ARM in arms and "distilled" not in arms:
+        raise ValueError("parameter arms: chain needs distilled (the chain's first link is direct distillation, and "
+                         "every chain student is compared with its distilled arm)")
     transfer = data_mod.load_transfer(run_dir)
     pool_size = 0 if transfer is None else len(transfer)
     if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or transfer_n == 0):
@@ -254,6 +327,18 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         print(f"transfer arms on {n_transfer} unlabelled cases ({n_transfer / len(shared.train_set):.1f}x the "
               f"labelled training set)", flush=True)
     transfer_students = list(transfer_students or students)
+    links: list[str] = []
+    if CHAIN_ARM in arms:
+        sizes = student_sizes(students, shared, model_overrides)
+        links = chain_order(sizes)
+        if len(links) < 2:
+            print("chain arm skipped: it needs two students or more (with one, the chain is direct distillation)",
+                  flush=True)
+            arms, links = [a for a in arms if a != CHAIN_ARM], []
+        else:
+            print(f"chain: teacher -> {' -> '.join(f'{n} ({sizes[n] / 1e6:.2f}M)' for n in links)}; {links[0]} "
+                  f"learns from the teacher (its chain runs are its distilled runs), each later student from the "
+                  f"previous one's seed-{seeds[0]} chain model", flush=True)
     specs = {name: get_spec(name, model_overrides) for name in students}
     grids = {name: (lr_grid if specs[name].init == "random" else lr_grid_warm) for name in students}
     workers = max(1, int(workers)) if torch.device(device).type == "cpu" and launcher == "inprocess" else 1
@@ -293,9 +378,36 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                                                     precision=precision))
                 reused[(job.name, job.arm)] = t
         jobs = [Job(n, arm, seed, chosen[n], final=True) for n in students for seed in seeds for arm in arms
-                if (arm not in TRANSFER_ARMS or n in transfer_students) and (n, arm, seed) not in
+                if (arm not in TRANSFER_ARMS or n in transfer_students) and arm != CHAIN_ARM and (n, arm, seed) not in
                 {(k[0], k[1], seeds[0]) for k in reused}]
-        finals = _run_jobs(jobs, pool, "runs") + list(reused.values())
+        chain_rows: list[dict[str, Any]] = []
+
+        def unlock(k: int, source: Path) -> list[Job]:
+            """Link k's jobs, once its teacher (the previous link's first-seed model at `source`) exists."""
+            path = cache_link_logits(shared, source)
+            chain_rows.append({"link": k + 1, "model": links[k], "teacher": links[k - 1],
+                               "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": seeds[0],
+                               "teacher_path": source.relative_to(run_dir).as_posix(),
+                               "logits": path.relative_to(run_dir).as_posix()})
+            return [Job(links[k], CHAIN_ARM, seed, chosen[links[k]], final=True,
+                        link_logits=path.relative_to(run_dir).as_posix()) for seed in seeds]
+
+        then, later = {}, 0
+        for k in range(1, len(links)):
+            source = (links[k - 1], "distilled" if k == 1 else CHAIN_ARM, seeds[0])
+            if k == 1 and (links[0], "distilled") in reused:  # the first link's seed-0 run is a reused trial
+                jobs += unlock(k, reused[(links[0], "distilled")]["path"])
+            else:
+                then[source] = lambda res, k=k: unlock(k, res["path"])
+                later += len(seeds)
+        curve_name = curve_student(students, arms, transfer_students) if transfer_curve else None
+        curve_seeds = list(transfer_curve_seeds or seeds[:1])
+        if curve_name is not None:  # the curve's extra points ride in the same pool, after the stage's own runs
+            jobs += _curve_jobs(curve_name, list(transfer_curve), curve_seeds, chosen[curve_name],
+                                len(shared.train_set), len(shared.transfer_set), n_transfer)
+        done = _run_jobs(jobs, pool, "runs", then=then, later=later)
+        finals = [r for r in done if r["job"].final] + list(reused.values())
+        curve_runs = [r for r in done if not r["job"].final]
     finally:
         if pool is not None:
             pool.close()
@@ -321,6 +433,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     write_index(run_dir, index)
     runs = pd.DataFrame(runs)
     write_csv(run_dir / "models" / "student_runs.csv", runs)
+    _write_chain(run_dir, links, chain_rows, index)
     lr_path = run_dir / "models" / "lr_selection.csv"
     if lr_table is not None:
         write_csv(lr_path, lr_table)
@@ -329,7 +442,70 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     gain = kd_gain_table(preds.astype({"id": str}), students, teacher_predictions(run_dir),
                          meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n, runs=runs)
     write_csv(run_dir / "models" / "kd_gain.csv", gain)
-    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table}
+    curve = None
+    if curve_name is not None:
+        curve = _write_curve(run_dir, curve_name, curve_seeds, curve_runs, shared, n_transfer)
+    else:
+        (run_dir / "models" / "transfer_curve.csv").unlink(missing_ok=True)
+    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table, "transfer_curve": curve}
+
+
+def curve_student(students: list[str], arms: list[str], transfer_students: list[str] | None) -> str | None:
+    """The student whose transfer curve is drawn: the last transfer student (None without distilled_transfer)."""
+    name = (list(transfer_students or []) or students)[-1]
+    return name if name in students and "distilled_transfer" in arms else None
+
+
+def _curve_jobs(student: str, multiples: list[float], seeds: list[int], lr: float, n_train: int, pool: int,
+                transfer_n: int) -> list[Job]:
+    """Trial runs for the curve's extra points (0 and the stage's own transfer_n are the arms already trained)."""
+    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
+    return [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
+            for n in sizes if n not in (0, transfer_n) for seed in seeds]
+
+
+def _write_curve(run_dir: Path, student: str, seeds: list[int], results: list[dict[str, Any]], shared: Shared,
+                 transfer_n: int) -> pd.DataFrame:
+    """models/transfer_curve.csv: the curve's trial points plus the distilled (0) and distilled_transfer arms."""
+    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
+    rows = []
+    for arm, n in (("distilled", 0), ("distilled_transfer", transfer_n)):
+        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
+        for r in done.itertuples():
+            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
+    for res in results:
+        job = res["job"]
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
+                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
+    curve = pd.DataFrame(rows)
+    curve.insert(0, "model", student)
+    curve["multiple_of_train"] = (curve["transfer_n"] / len(shared.train_set)).round(2)
+    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
+    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
+    return curve
+
+
+def _write_chain(run_dir: Path, links: list[str], rows: list[dict[str, Any]], index: dict[str, Any]) -> None:
+    """models/chain.csv: one row per link (who taught whom, from which cached logits); drop stale link logits."""
+    path, cache = run_dir / "models" / "chain.csv", run_dir / "models" / "chain_logits"
+    if not links:
+        path.unlink(missing_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        return
+    params = {e["name"]: e["params"] for e in index["students"]}
+    first = {"link": 1, "model": links[0], "teacher": index["teacher"]["name"], "teacher_mode": "teacher",
+             "teacher_seed": int(index["teacher"]["seed"]), "teacher_path": index["teacher"]["path"],
+             "logits": "models/teacher_logits/"}
+    table = pd.DataFrame([first, *sorted(rows, key=lambda r: r["link"])])
+    sizes = {**params, index["teacher"]["name"]: index["teacher"]["params"]}
+    table.insert(2, "params", [sizes[m] for m in table["model"]])
+    table.insert(4, "teacher_params", [sizes[t] for t in table["teacher"]])
+    write_csv(path, table)
+    used = {Path(p).name for p in table["logits"]}
+    for f in cache.glob("*.safetensors"):  # logits of checkpoints an earlier run of the stage trained
+        if f.name not in used:
+            f.unlink()
 
 
 def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float], seeds: list[int],
@@ -337,9 +513,10 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     """Accuracy of one student's distilled_transfer arm against the transfer-pool size, in multiples of the labelled
     training set (0: the distilled arm itself; the stage's own transfer_n is reused, not retrained).
 
-    Runs with the stage's saved settings (learning rate from lr_selection, budget, precision) and the given seeds;
-    each extra point is a trial run whose checkpoint is discarded. Writes models/transfer_curve.csv.
-    The test column is reported only; nothing is chosen from this curve.
+    Stage 03 draws this curve itself (`transfer_curve` parameter, in its own worker pool); this function redraws it
+    for other sizes or seeds from a finished stage. Runs with the stage's saved settings (learning rate from
+    lr_selection, budget, precision); each extra point is a trial run whose checkpoint is discarded. Writes
+    models/transfer_curve.csv. The test column is reported only; nothing is chosen from this curve.
     """
     run_dir = Path(run_dir)
     settings = read_json(run_dir / "models" / "student_settings.json")
@@ -348,19 +525,10 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     if mine.empty or "distilled_transfer" not in set(mine["mode"]):
         raise ValueError(f"student {student!r} has no distilled_transfer runs in {run_dir}: add it to "
                          f"transfer_students and rerun stage 03")
-    lr = float(mine["lr"].iloc[0])
     shared = load_shared(run_dir, settings)
-    n_train = len(shared.train_set)
-    pool = 0 if shared.transfer_set is None else len(shared.transfer_set)
-    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
-    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
-    rows = []
-    for arm, n in (("distilled", 0), ("distilled_transfer", settings["transfer_n"])):
-        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
-        for r in done.itertuples():
-            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
-    jobs = [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
-            for n in sizes if n not in (0, settings["transfer_n"]) for seed in seeds]
+    pool_size = 0 if shared.transfer_set is None else len(shared.transfer_set)
+    jobs = _curve_jobs(student, multiples, seeds, float(mine["lr"].iloc[0]), len(shared.train_set), pool_size,
+                       settings["transfer_n"])
     pool_ = None
     if workers > 1 and len(jobs) > 1 and settings.get("launcher", "inprocess") == "inprocess":
         import multiprocessing as mp
@@ -374,17 +542,7 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
             pool_.close()
             pool_.join()
         shutil.rmtree(run_dir / "models" / "students" / ".trials", ignore_errors=True)
-    for res in results:
-        job = res["job"]
-        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
-        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
-                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
-    curve = pd.DataFrame(rows)
-    curve.insert(0, "model", student)
-    curve["multiple_of_train"] = (curve["transfer_n"] / n_train).round(2)
-    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
-    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
-    return curve
+    return _write_curve(run_dir, student, seeds, results, shared, settings["transfer_n"])
 
 
 def runs_summary(run_dir: str | Path) -> pd.DataFrame:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = "2"
-MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer"]
+SCHEMA_VERSION = "3"
+MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"]
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -22,7 +22,7 @@ def _object(properties: dict[str, Any], nullable: bool = False, extra: bool = Fa
 _STAT = _object({"mean": _NUM, "std": _NUM_OR_NULL})  # std is null with a single seed
 _STAT_OR_NAN = _object({"mean": _NUM_OR_NULL, "std": _NUM_OR_NULL})  # AUC is undefined with one class only
 _INTERVAL = _object({"mean": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "seeds": {
-    "type": "array", "items": {"type": "integer"}}}, nullable=True)
+    "type": "array", "items": {"type": "integer"}}, "n_excluded": _INT}, nullable=True)
 
 MODEL_ENTRY = _object({
     "name": _STR,
@@ -50,6 +50,12 @@ MODEL_ENTRY = _object({
                         "ci_high": _NUM_OR_NULL, "p_value": _NUM_OR_NULL, "p_adjusted": _NUM_OR_NULL,
                         "n_seeds": _INT, "meaningful": {"type": "boolean"}, "did_not_learn": _STR, "verdict": _STR},
                        nullable=True),
+    # chain students only: chain - distilled (the previous student as teacher vs the teacher itself)
+    "chain_vs_direct": _object({"against": {"const": "distilled"}, "teacher": _STR, "teacher_params": _INT,
+                                "diff": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL,
+                                "p_value": _NUM_OR_NULL, "p_adjusted": _NUM_OR_NULL, "n_seeds": _INT,
+                                "meaningful": {"type": "boolean"}, "did_not_learn": _STR, "verdict": _STR},
+                               nullable=True),
 })
 
 SCHEMA: dict[str, Any] = {
@@ -64,6 +70,7 @@ SCHEMA: dict[str, Any] = {
         "statistics": _STR,
         "precision": {"enum": ["fp32", "bf16"]},
         "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "against": _STR, "text": _STR})},
+        "attribution_scope": {"type": ["string", "null"]},  # what the attribution intervals cover; null without 04
         "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {
             "majority_rate": _NUM,
             "baselines": {"type": "object", "required": ["majority", "tfidf_logreg"]},

@@ -36,7 +36,14 @@ def slug(combo: dict[str, Any]) -> str:
 def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str | None = None,
           fixed: list[tuple[str, str]] | None = None, data: str | None = None, run_dir: str | None = None,
           force: bool = False, verbose: bool = False) -> pd.DataFrame:
-    """Run the student stage for each combination; write `sweep.csv` and `sweep.png` beside the runs."""
+    """Run the student stage for each combination; write `sweep.csv` and `sweep.png` beside the runs.
+
+    sweep.csv has one row per combination x student x arm x metric against `independent`, plus the chain's
+    chain - distilled rows (`against` = distilled) when the chain arm ran. The chain arm is swept like any other:
+    each combination retrains its links (their logits are cached per checkpoint, so nothing stale is reused), and a
+    combination that changes `students` changes the chain itself. Parameters the chain ignores (transfer_n, ...)
+    still retrain it, with identical results.
+    """
     combos = combinations(grid)
     base = resolve(profile, param_file, fixed, data, run_dir)
     # Validate every combination before any work starts.
@@ -59,17 +66,19 @@ def sweep(grid: list[tuple[str, str]], profile: str = "default", param_file: str
         gain = pd.read_csv(target / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
         metrics = pd.read_csv(target / "models" / "metrics.csv")
         val = metrics[metrics["split"] == "val"].groupby(["model", "mode"])["accuracy"].mean()
-        for _, g in gain[gain["against"] == "independent"].iterrows():
-            rows.append({**combo, "model": g["model"], "arm": g["arm"], "metric": g["metric"],
+        chain_vs_direct = (gain["arm"] == "chain") & (gain["against"] == "distilled")
+        for _, g in gain[(gain["against"] == "independent") | chain_vs_direct].iterrows():
+            rows.append({**combo, "model": g["model"], "arm": g["arm"], "against": g["against"],
+                         "metric": g["metric"],
                          "val_accuracy": val.get((g["model"], g["arm"])),
                          "independent": g["independent_mean"], "arm_value": g["arm_mean"],
                          "gain": g["diff"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
                          "p_adjusted": g["p_adjusted"]})
     table = pd.DataFrame(rows)
     if not table.empty:  # the best combination per student and arm is chosen on validation accuracy only
-        best = table[table["metric"] == "accuracy"].sort_values("val_accuracy", ascending=False, kind="stable") \
-            .drop_duplicates(["model", "arm"])
-        keys = ["model", "arm", *combos[0]]
+        best = table[(table["metric"] == "accuracy") & (table["against"] == "independent")] \
+            .sort_values("val_accuracy", ascending=False, kind="stable").drop_duplicates(["model", "arm"])
+        keys = ["model", "arm", "against", *combos[0]]
         chosen = {tuple(map(str, row)) for row in best[keys].to_numpy()}
         table["best_on_val"] = [tuple(map(str, row)) in chosen for row in table[keys].to_numpy()]
         for r in best.itertuples():
@@ -87,6 +96,7 @@ def plot_sweep(table: pd.DataFrame, axes_names: list[str]) -> Figure:
     """Test accuracy and fidelity (agreement with the teacher) of every student arm per combination."""
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2)
+    table = table[table["against"] == "independent"] if "against" in table else table
     table = table.assign(combination=table[axes_names].astype(str).agg(", ".join, axis=1) if axes_names else "",
                          line=table["model"] + " · " + table["arm"])
     for ax, metric, title in ((axes[0], "accuracy", "test accuracy per arm (reported only)"),

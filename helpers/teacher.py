@@ -13,35 +13,39 @@ from . import data as data_mod
 from .checkpoints import index_entry, record
 from .data import SPLITS, load_cases
 from .evaluation import is_collapsed
-from .models import build_model, get_spec, save_model
+from .models import build_model, get_spec, load_model, save_model
 from .progress import Progress, QueueFile, relay
 from .run_folder import write_csv, write_index, write_json
 from .teacher_logits import cache_teacher_logits
-from .training import CaseDataset, TrainConfig, encode_splits, predict_logits, resolve_precision, train
+from .training import CaseDataset, TrainConfig, encode, encode_splits, predict_logits, resolve_precision, train
+
+
+def _quiet_worker(threads: int) -> None:
+    """A worker process: pinned torch threads, no transformers progress bars or load reports."""
+    torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
-    """Fine-tune one teacher (the teacher or the ceiling teacher), save it, and score the splits it is read on.
+    """Fine-tune one teacher (the teacher or the ceiling teacher) and save it; its validation logits come back.
 
     Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
-    lines go to `job["lines"]`, a queue the notebook prints from). The teacher scores every split and the
-    transfer pool (its logits are cached for the students); the ceiling teacher scores val and test.
-    Under `accelerate launch` (helpers.launcher) every process calls it with its `accelerator`; only the main
-    process saves, scores and returns (the others return None).
+    lines go to `job["lines"]`, a queue the notebook prints from). The other splits are scored afterwards, in
+    chunks shared out over the workers (score_chunk). Under `accelerate launch` (helpers.launcher) every process
+    calls it with its `accelerator`; only the main process saves and returns (the others return None).
     """
     if "threads" in job:
-        torch.set_num_threads(job["threads"])
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        _quiet_worker(job["threads"])
     start = time.perf_counter()
     run_dir = Path(job["run_dir"])
     cases = load_cases(run_dir)
-    encoded = encode_splits(cases, job["max_len"])
-    labels = {s: cases[s]["label"].to_numpy() for s in SPLITS}
+    encoded = encode_splits({s: cases[s] for s in ("train", "val")}, job["max_len"])
+    labels = {s: cases[s]["label"].to_numpy() for s in ("train", "val")}
     spec = get_spec(job["teacher"], job["model_overrides"])
-    model = build_model(spec, seed=job["seed"])
+    model = build_model(spec, seed=job["seed"], keep_ids=job["keep_ids"])
     out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
     bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
     cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
@@ -56,24 +60,51 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     history = result.history
     history.insert(0, "seed", job["seed"])
     write_csv(out / "history.csv", history)
-    scored = list(encoded) if job["role"] == "teacher" else ["val", "test"]
-    logits = {s: (result.val_logits if s == "val" else
-                  predict_logits(result.model, encoded[s], device=job["device"], precision=job["precision"]))
-              for s in scored}
     mode = "teacher" if job["role"] == "teacher" else "ceiling"
     return {"role": job["role"], "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir,
                                                       result.model),
             "history": history, "seconds": time.perf_counter() - start, "examples": result.train_examples,
             "train_seconds": result.train_seconds, "best_step": result.best_step,
-            "logits": {k: v.astype(np.float32) for k, v in logits.items()}}
+            "val_logits": result.val_logits.astype(np.float32)}
+
+
+_LOADED: dict[str, Any] = {}  # per process: the checkpoint score_chunk last loaded
+
+
+def score_chunk(chunk: dict[str, Any]) -> np.ndarray:
+    """Logits of rows [start, stop) of one split for one saved teacher (loaded once per process)."""
+    if "threads" in chunk:
+        _quiet_worker(chunk["threads"])
+    folder = chunk["folder"]
+    if _LOADED.get("folder") != folder:
+        _LOADED.update(folder=folder, model=load_model(folder, chunk["device"]))
+    texts = load_cases(chunk["run_dir"])[chunk["split"]]["text"].iloc[chunk["start"]:chunk["stop"]]
+    return predict_logits(_LOADED["model"], encode(texts.tolist(), chunk["max_len"]), device=chunk["device"],
+                          precision=chunk["precision"]).astype(np.float32)
+
+
+def score_chunks(run_dir: Path, wanted: dict[str, list[str]], sizes: dict[str, int], *, max_len: int,
+                 device: str, precision: str, pool: Any = None, threads: int = 0,
+                 chunk: int = 500) -> dict[str, dict[str, np.ndarray]]:
+    """{folder: {split: logits}} for each saved teacher folder and its splits, scored in chunks of `chunk` rows
+    spread over `pool` (None: in this process); every split is scored once per checkpoint."""
+    jobs = [{"run_dir": str(run_dir), "folder": str(run_dir / "models" / folder), "split": split, "start": a,
+             "stop": min(a + chunk, sizes[split]), "max_len": max_len, "device": device, "precision": precision,
+             **({"threads": threads} if pool is not None else {})}
+            for folder, splits in wanted.items() for split in splits for a in range(0, sizes[split], chunk)]
+    parts = pool.map(score_chunk, jobs, chunksize=1) if pool is not None else [score_chunk(j) for j in jobs]
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for j, logits in zip(jobs, parts):
+        out.setdefault(Path(j["folder"]).name, {}).setdefault(j["split"], []).append(logits)
+    return {f: {s: np.concatenate(v) for s, v in d.items()} for f, d in out.items()}
 
 
 def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int, teacher_lr: float,
                       teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
                       class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
                       precision: str = "auto", model_overrides: dict[str, str] | None = None,
-                      progress: bool = True, workers: int = 1, threads: int = 2, launcher: str = "inprocess",
-                      processes: int = 0) -> dict[str, Any]:
+                      trim_vocab: bool = True, progress: bool = True, workers: int = 1,
+                      threads: int = 2, launcher: str = "inprocess", processes: int = 0) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
@@ -81,6 +112,9 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each. With
     `launcher` accelerate each teacher trains data-parallel in `processes` processes under `accelerate launch`
     (helpers.launcher; 0: accelerate's own config), one after the other, and the same files come back.
+    With `trim_vocab` each teacher keeps only the word-embedding rows of the wordpieces the run's texts use
+    (data/vocab.json; token ids unchanged, other wordpieces map to [UNK]): on every text of the run it computes
+    what the full model would, while AdamW stops updating ~30k rows no case looks up.
     """
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
@@ -94,28 +128,40 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
              "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
              "max_steps": teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": teacher_lr,
              "selection_metric": selection_metric, "class_weighted": class_weighted, "device": device,
-             "precision": precision, "progress": progress}
+             "precision": precision, "progress": progress,
+             "keep_ids": data_mod.load_vocabulary(run_dir) if trim_vocab else None}
             for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
                                                                                "teacher_ceiling"))]
     workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    # The teacher's logits are needed on every split and the transfer pool (the students read them); the ceiling
+    # teacher's on val and test. Validation logits come from training (its best step); the rest is scored once.
+    wanted = {"teacher": [s for s in encoded if s != "val"], "teacher_ceiling": ["test"]}
+    sizes = {s: len(e) for s, e in encoded.items()}
+    score_args = {"max_len": max_len, "device": device, "precision": precision}
     if launcher == "accelerate":
         from .launcher import launch_teacher
 
         done = [launch_teacher(j, processes=processes, threads=threads) for j in jobs]
+        scored = score_chunks(run_dir, wanted, sizes, **score_args)
     elif workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager, ctx.Pool(min(workers, len(jobs))) as pool:
+        n_proc = min(workers, len(jobs))
+        threads_each = max(1, threads // n_proc)
+        with ctx.Manager() as manager, ctx.Pool(n_proc) as pool:
             lines = manager.Queue()
             with relay(lines):
-                threads_each = max(1, threads // min(workers, len(jobs)))
                 done = pool.map(fit_teacher, [dict(j, threads=threads_each, lines=lines) for j in jobs])
-        print(f"(the two teachers trained side by side in {min(workers, len(jobs))} processes, "
-              f"{max(1, threads // min(workers, len(jobs)))} thread(s) each)", flush=True)
+            scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=threads_each, **score_args)
+        print(f"(the two teachers trained side by side in {n_proc} processes, {threads_each} thread(s) each; "
+              f"their splits scored in chunks over the same processes)", flush=True)
     else:
         done = [fit_teacher(j) for j in jobs]
+        scored = score_chunks(run_dir, wanted, sizes, **score_args)
     results = {d["role"]: d for d in done}
+    for role, folder in (("teacher", "teacher"), ("ceiling", "teacher_ceiling")):
+        results[role]["logits"] = {"val": results[role]["val_logits"], **scored[folder]}
     entries = {role: d["entry"] for role, d in results.items()}
     histories = {role: d["history"] for role, d in results.items()}
     timings = {role: d["seconds"] for role, d in results.items()}
@@ -141,7 +187,7 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
         "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
             ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
         "collapsed": collapsed, "collapse_gate_split": "val",
-        "precision": precision,
+        "precision": precision, "trim_vocab": bool(trim_vocab),
         "majority_rate": card["majority_rate"],
         "majority_val_accuracy": base["majority"]["val"]["accuracy"],
         "majority_test_accuracy": base["majority"]["test"]["accuracy"],

@@ -1,4 +1,8 @@
-"""The teacher-logit cache: computed once by stage 02, read by stage 03, keyed by the teacher checkpoint and data."""
+"""The teacher-logit cache: computed once by stage 02, read by stage 03, keyed by the teacher checkpoint and data.
+
+The same cache holds the logits of each link of the progressive chain (stage 03's `chain` arm): there the
+"teacher" is the previous, larger student, and the cache lives in `models/chain_logits/`.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -36,14 +40,19 @@ def logits_key(teacher_dir: str | Path, splits: dict[str, pd.DataFrame], max_len
 def cache_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame],
                          encoded: dict[str, list[dict[str, list[int]]]], max_len: int,
                          device: str = "cpu", precision: str = "fp32",
-                         computed: dict[str, np.ndarray] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
+                         computed: dict[str, np.ndarray] | None = None, *, teacher_dir: str | Path | None = None,
+                         folder: str = "teacher_logits") -> tuple[Path, dict[str, np.ndarray]]:
     """Compute the fine-tuned teacher's logits for every split (and the transfer pool) once, or reuse the cache.
 
-    `computed`: logits already computed for exactly these splits (by the process that trained the teacher).
+    Args:
+        computed: logits already computed for exactly these splits (by the process that trained the teacher).
+        teacher_dir: the checkpoint whose logits are cached (default: the run's teacher, models/teacher; a chain
+            link passes the previous student's checkpoint).
+        folder: the cache folder under models/ (teacher_logits; chain_logits for the chain's links).
     """
-    teacher_dir = Path(run_dir) / "models" / "teacher"
+    teacher_dir = Path(run_dir) / "models" / "teacher" if teacher_dir is None else Path(teacher_dir)
     key = logits_key(teacher_dir, splits, max_len)
-    path = run_path(run_dir, "models", "teacher_logits", f"{key}.safetensors")
+    path = run_path(run_dir, "models", folder, f"{key}.safetensors")
     if path.is_file():
         return path, load_file(str(path))
     if computed is not None and set(computed) == set(splits):
@@ -64,4 +73,9 @@ def load_teacher_logits(run_dir: str | Path, splits: dict[str, pd.DataFrame], ma
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the teacher logits for this teacher and data are not cached; "
                                 f"rerun notebook 02 (python -m helpers run --only 02)")
+    return load_file(str(path))
+
+
+def read_cached_logits(path: str | Path) -> dict[str, np.ndarray]:
+    """The logits of one cache file written by cache_teacher_logits (split name -> float32 [n, K])."""
     return load_file(str(path))

@@ -25,8 +25,9 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from .evaluation import classification_metrics
 from .tokenization import tokenize
 
-ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer")
+ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain")
 TRANSFER_ARMS = ("distilled_transfer", "pseudo_label_transfer")
+CHAIN_ARM = "chain"  # the distilled loss, with the previous (larger) student's logits in place of the teacher's
 PRECISIONS = ("auto", "fp32", "bf16")
 
 

@@ -3,11 +3,13 @@
 For each model (the default profile's teacher and students) both loops train the same architecture from the same
 seed on the same batches (synthetic cases, batch 16, max_len 64) and the script prints training examples per
 second inside training steps and the ratio suite / bare. The suite path is `helpers.training.train` with the
-run's precision (`auto`: bf16 autocast on CPUs with native bf16) and, for students, the trimmed vocabulary; the
+run's precision (`auto`: bf16 autocast on CPUs with native bf16) and the trimmed vocabulary (teacher and students, as
+in the stages); the
 bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on the machine while it measures.
 
     python scripts/bench_train.py [--steps 40] [--rounds 3] [--threads 2] [--precision auto] [--models ...]
     python scripts/bench_train.py --device cuda     # the GPU path: the same comparison on a CUDA GPU
+    python scripts/bench_train.py --options         # embedding options and torch.compile vs the suite's step
 """
 from __future__ import annotations
 
@@ -56,6 +58,66 @@ def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarra
     return examples / seconds
 
 
+def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float, precision: str,
+                *, sparse: bool = False, compiled: bool = False, device: str = "cpu") -> float:
+    """Examples per second of the suite's step with one option changed (the first 3 steps are warm-up, and so is
+    compilation): `sparse` = sparse word-embedding gradients updated by SparseAdam (the rest by AdamW), `compiled` =
+    the model under torch.compile."""
+    from helpers.training import autocast
+
+    model.to(device).train()
+    emb = model.get_input_embeddings()
+    if sparse:
+        emb.sparse = True
+        rest = [p for p in model.parameters() if p is not emb.weight]
+        opts = [torch.optim.SparseAdam([emb.weight], lr=lr), torch.optim.AdamW(rest, lr=lr, weight_decay=0.01)]
+    else:
+        opts = [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, foreach=True)]
+    forward = torch.compile(model) if compiled else model
+    seconds, examples = 0.0, 0
+    for i, rows in enumerate(batches):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in collate([data[int(j)] for j in rows]).items()}
+        with autocast(precision, device):
+            logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        loss.backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= 3:
+            seconds += time.perf_counter() - t0
+            examples += len(rows)
+    return examples / seconds
+
+
+def options(args: argparse.Namespace, data: CaseDataset, keep: list[int], teacher: torch.nn.Module,
+            precision: str) -> None:
+    """--options: the embedding and compilation options against the suite's own step, interleaved in one run."""
+    print(f"{'model':<22} {'suite (trimmed)':>15} {'full vocab':>11} {'full+sparse':>12} {'trim+compile':>13}   "
+          "(ratios to the suite)")
+    for name in args.models:
+        spec = get_spec(name)
+        lr = 1e-4 if spec.role == "teacher" else 1e-3
+        batches = batch_order(len(data), 16, args.steps + 3, seed=0)
+        got: dict[str, list[float]] = {k: [] for k in ("suite", "full", "sparse", "compile")}
+        def fresh(trim: bool, spec=spec) -> torch.nn.Module:
+            return build_model(spec, teacher=teacher, seed=0, keep_ids=keep if trim else None)
+
+        for _ in range(args.rounds):
+            got["suite"].append(option_loop(fresh(True), data, batches, lr, precision, device=args.device))
+            got["full"].append(option_loop(fresh(False), data, batches, lr, precision, device=args.device))
+            got["sparse"].append(option_loop(fresh(False), data, batches, lr, precision, sparse=True,
+                                             device=args.device))
+            got["compile"].append(option_loop(fresh(True), data, batches, lr, precision, compiled=True,
+                                              device=args.device))
+        med = {k: statistics.median(v) for k, v in got.items()}
+        print(f"{name:<22} {med['suite']:>11.1f} ex/s {med['full'] / med['suite']:>10.2f}x "
+              f"{med['sparse'] / med['suite']:>11.2f}x {med['compile'] / med['suite']:>12.2f}x", flush=True)
+
+
 def suite_loop(model: torch.nn.Module, data: CaseDataset, steps: int, lr: float, precision: str,
                mode: str = "independent", device: str = "cpu") -> float:
     """Examples per second inside the suite's training steps (its own timer excludes evaluations)."""
@@ -77,9 +139,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=p["max_len"])
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--no-trim", action="store_true", help="students keep the full vocabulary")
+    parser.add_argument("--no-trim", action="store_true", help="teacher and students keep the full vocabulary")
     parser.add_argument("--models", nargs="+", default=[p["teacher"], *p["students"]])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path)")
+    parser.add_argument("--options", action="store_true",
+                        help="instead: time the embedding options (full vocabulary, sparse gradients) and "
+                             "torch.compile against the suite's step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -92,22 +157,27 @@ def main() -> None:
     data = CaseDataset(enc, labels, logits)
     keep = None if args.no_trim else vocabulary_ids(enc)
     teacher = build_model(get_spec(p["teacher"]), seed=0)
+    if args.options:
+        print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len "
+              f"{args.max_len}, {precision}, vocabulary trimmed to {len(keep)} rows; {args.rounds} interleaved rounds "
+              f"of {args.steps} steps, median examples/s inside training steps")
+        options(args, data, vocabulary_ids(enc), teacher, precision)
+        return
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len {args.max_len}, "
           f"suite precision "
-          f"{precision}, students' vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
+          f"{precision}, vocabulary {'full' if keep is None else f'trimmed to {len(keep)} rows'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps, median examples/s inside training steps")
     print(f"{'model':<22} {'bare fp32':>10} {'suite':>10} {'ratio':>7} {'suite KD':>10} {'KD/indep':>9}")
     for name in args.models:
         spec = get_spec(name)
         lr = 1e-4 if spec.role == "teacher" else 1e-3
-        student_keep = None if spec.role == "teacher" else keep
         bare, suite, kd = [], [], []
         batches = batch_order(len(data), 16, args.steps + 3, seed=0)
         for _ in range(args.rounds):
             bare.append(bare_loop(build_model(spec, teacher=teacher, seed=0), data, batches, lr, args.device))
-            suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+            suite.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=keep), data,
                                     args.steps, lr, precision, device=args.device))
-            kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=student_keep), data,
+            kd.append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=keep), data,
                                  args.steps, lr, precision, mode="distilled", device=args.device))
         b, s, k = statistics.median(bare), statistics.median(suite), statistics.median(kd)
         print(f"{name:<22} {b:>10.1f} {s:>10.1f} {s / b:>6.2f}x {k:>10.1f} {s / k:>8.3f}x", flush=True)

@@ -163,9 +163,69 @@ def test_kd_differences_pair_each_example_and_seed():
     kd = agreement.kd_differences(per_example, n_boot=200)
     assert kd["metric"].tolist() == ["cosine"]  # metrics without values give no row
     row = kd.iloc[0]
-    # every example's difference, averaged over its two seeds, is 0.11: a zero-width interval at 0.11
-    assert row["n"] == 30 and row["diff"] == pytest.approx(0.11)
-    assert row["ci_low"] == pytest.approx(0.11) and row["ci_high"] == pytest.approx(0.11)
+    # every example's difference is 0.10 in seed 0 and 0.12 in seed 1: mean 0.11 over 30 examples x 2 seeds, and
+    # since seeds are resampled too the interval reaches towards both seeds' values (examples alone would give 0)
+    assert (row["n"], row["n_seeds"], row["n_excluded"]) == (60, 2, 0) and row["diff"] == pytest.approx(0.11)
+    assert row["ci_low"] == pytest.approx(0.10) and row["ci_high"] == pytest.approx(0.12)
+    # one seed explained: the interval resamples examples only (a constant difference gives zero width)
+    one = agreement.kd_differences(per_example[per_example["seed"] == 0], n_boot=200).iloc[0]
+    assert one["n_seeds"] == 1 and one["ci_low"] == pytest.approx(0.10) == one["ci_high"]
+    assert "one training run" in agreement.interval_scope(30, 1) and "2 student seeds" in agreement.interval_scope(
+        30, 2)
+
+
+def test_examples_over_the_delta_threshold_are_left_out_of_every_mean_and_counted():
+    rows = []
+    for i in range(10):
+        for mode, value in (("teacher", np.nan), ("independent", 0.5), ("distilled", 0.7)):
+            bad = i < 2 and mode == "distilled"  # an absurd value that a flagged explanation produced
+            rows.append({"model": "T" if mode == "teacher" else "S", "mode": mode, "seed": 0, "id": f"c{i}",
+                         "cosine": 99.0 if bad else value, "spearman": value,
+                         "comprehensiveness_teacher": 5.0 if bad else 0.2,
+                         "comprehensiveness_own": 0.3, "flagged": bad, "flagged_own": False,
+                         "teacher_flagged": i == 9})
+    pe = pd.DataFrame(rows)
+    summary = agreement.summarise(pe, n_boot=100).set_index(["mode", "metric"])
+    # agreement: the two flagged students' examples and the teacher's flagged one are out
+    assert summary.loc[("distilled", "cosine"), ["mean", "n", "n_excluded"]].tolist() == [pytest.approx(0.7), 7, 3]
+    assert summary.loc[("independent", "cosine"), ["n", "n_excluded"]].tolist() == [9, 1]
+    # faithfulness for the teacher's class uses the model's own teacher-class explanation only
+    assert summary.loc[("distilled", "comprehensiveness_teacher"), ["mean", "n", "n_excluded"]].tolist() == [
+        pytest.approx(0.2), 8, 2]
+    assert summary.loc[("distilled", "comprehensiveness_own"), "n_excluded"] == 0
+    kd = agreement.kd_differences(pe, n_boot=100).set_index("metric")
+    assert kd.loc["cosine", ["diff", "n", "n_excluded"]].tolist() == [pytest.approx(0.2), 7, 3]
+    table = attribution_view.summary_table(agreement.summarise(pe, n_boot=100))
+    assert "(3 excl.)" in table.loc["S · distilled · s0", "cosine"]
+    assert table.loc["S · distilled · s0", "excluded (|delta|)"] == 3
+    assert table.loc["S · independent · s0", "excluded (|delta|)"] == 1
+    fig = attribution_view.similarity_distributions(pe, agreement.summarise(pe, n_boot=100))
+    assert "(4 example(s) left out" in fig.axes[0].get_title()  # 3 distilled + 1 independent
+
+
+def test_cache_key_follows_the_checkpoint_and_the_token_ids_not_the_case_ids(tmp_path, examples):
+    spec = REGISTRY["Smoke_Tiny_1x32"]
+    a = save_model(build_model(spec, seed=0), tmp_path / "a", spec)
+    b = save_model(build_model(spec, seed=1), tmp_path / "b", spec)
+    ids, mask = examples.input_ids, examples.attention_mask
+    targets = torch.tensor([0, 1, 0, 1])
+    key = attribution.cache_key(a, ids, mask, targets, 8)
+    assert key == attribution.cache_key(a, ids.clone(), mask.clone(), targets, 8)
+    assert key != attribution.cache_key(b, ids, mask, targets, 8)  # other weights
+    other = ids.clone()
+    other[0, 1] = 2000
+    assert key != attribution.cache_key(a, other, mask, targets, 8)  # other text, whatever its case id
+    assert key != attribution.cache_key(a, ids, mask, 1 - targets, 8)
+    assert key != attribution.cache_key(a, ids, mask, targets, 4)
+    # explain() reuses the cache for the same checkpoint and ids, recomputes after the checkpoint changes
+    model = build_model(spec, seed=0).eval()
+    kw = dict(ig_steps=4, ig_internal_batch_size=4, device=torch.device("cpu"))
+    first = attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw)
+    again = attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw)
+    assert not first.cached and again.cached
+    np.testing.assert_array_equal(first.token_scores, again.token_scores)
+    save_model(build_model(spec, seed=2), a, spec)  # same folder, new weights
+    assert not attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw).cached
 
 
 def test_faithfulness_removing_the_evidence_moves_probability(examples):
@@ -242,16 +302,25 @@ def test_stage_writes_every_documented_file(run_folder, capsys):
     assert list(examples.columns) == ["id", "label", "teacher_pred", "n_tokens"]
     assert len(examples) == 6 and sorted(examples["label"]) == [0, 0, 0, 1, 1, 1]
     per = pd.read_csv(out / "per_example.csv")
-    assert {"model", "mode", "seed", "id", "label", "cosine", "spearman", "topk_jaccard", "sign_agreement", "delta",
-            "flagged", "comprehensiveness", "sufficiency", "rationale_recall"} <= set(per.columns)
+    assert set(attribution_stage.PER_EXAMPLE_COLUMNS) == set(per.columns)
+    assert {"teacher_pred", "own_pred", "flagged", "flagged_own", "teacher_flagged", "comprehensiveness_own",
+            "sufficiency_own", "comprehensiveness_teacher", "sufficiency_teacher"} <= set(per.columns)
+    # both faithfulness targets: equal where a model predicts the teacher's class, computed apart where it does not
+    same = per["own_pred"] == per["teacher_pred"]
+    assert (per.loc[per["mode"] == "teacher", "own_pred"] == per.loc[per["mode"] == "teacher", "teacher_pred"]).all()
+    np.testing.assert_allclose(per.loc[same, "comprehensiveness_own"], per.loc[same, "comprehensiveness_teacher"])
+    assert (~same).any(), "the random tiny students should disagree with the teacher somewhere"
+    assert (per.loc[~same, "comprehensiveness_own"] != per.loc[~same, "comprehensiveness_teacher"]).all()
     assert sorted(per["mode"].unique()) == ["ceiling", "distilled", "independent", "teacher"]
     assert len(per) == 4 * 6 and per.loc[per["mode"] != "teacher", "cosine"].notna().all()
     assert per["rationale_recall"].notna().any()
     summary = pd.read_csv(out / "summary.csv")
-    assert {"model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n"} == set(summary.columns)
+    assert set(agreement.SUMMARY_COLUMNS) == set(summary.columns)
     ceiling = summary[(summary["mode"] == "ceiling") & (summary["metric"] == "cosine")]
     assert ceiling["model"].tolist() == ["Smoke_Teacher_2x64"]
-    assert {"comprehensiveness", "sufficiency"} <= set(summary.loc[summary["mode"] == "teacher", "metric"])
+    assert {"comprehensiveness_own", "sufficiency_own", "comprehensiveness_teacher", "sufficiency_teacher"} <= set(
+        summary.loc[summary["mode"] == "teacher", "metric"])
+    assert "one training run" in res["scope"]  # attribution_seeds [0, 1] but only seed 0 has checkpoints
     assert (summary["ci_low"] <= summary["mean"] + 1e-12).all()
     assert (summary["mean"] <= summary["ci_high"] + 1e-12).all()
     assert ((summary["mode"] == "baseline") & (summary["metric"] == "rationale_recall")).any()
@@ -278,9 +347,12 @@ def test_rerun_reuses_every_cached_attribution(run_folder, monkeypatch):
     monkeypatch.setattr(attribution, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k))
     res = attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, aggregate_words=True))
     assert calls == [] and res["timing"]["cached"].all()
-    # a different number of IG steps changes the key: everything is recomputed
-    attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, ig_steps=4))
-    assert len(calls) == 4
+    # a different number of IG steps changes the key: everything is recomputed (a second call for the models
+    # whose own predicted class differs from the teacher's somewhere)
+    res = attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, ig_steps=4))
+    per = res["per_example"]
+    differ = per[per["own_pred"] != per["teacher_pred"]].groupby(["model", "mode", "seed"]).ngroups
+    assert len(calls) == 4 + differ and not res["timing"]["cached"].any()
 
 
 def test_stage_without_rationales_ceiling_or_distilled_students(run_folder, tmp_path):

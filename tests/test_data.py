@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -222,7 +223,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
     keys = {"source", "n_raw", "n_dropped_blank_label", "n_dropped_empty_text", "n_duplicates_removed", "n_train",
             "n_val", "n_test", "majority_rate", "majority_label", "label_rate_by_split", "text_template", "max_len",
             "truncated_share", "split_seed", "val_frac", "test_frac", "baselines", "bayes_accuracy",
-            "cue_within_max_len_share"}
+            "visible_rule_accuracy", "cue_within_max_len_share"}
     assert keys <= set(card)
     assert card["source"] == "synthetic(n=300, seed=1)" and card["max_len"] == 64
     for model in ("majority", "tfidf_logreg"):
@@ -261,11 +262,33 @@ def test_figures_tables_and_examples(tmp_path):
     assert "truncated" in fig.axes[1].get_title()
     table = data.baselines_table(card)
     assert list(table.columns) == ["model", "split", "accuracy", "macro_f1", "roc_auc"]
-    assert set(table["model"]) == {"majority", "tfidf_logreg", "bayes_rule"}
+    assert set(table["model"]) == {"majority", "tfidf_logreg", data.BAYES_ORACLE, data.VISIBLE_RULE}
     examples = data.example_cases(splits, n=3, run_dir=run_dir)
     assert len(examples) == 3 and set(examples["label"]) == {0, 1} and "cues" in examples
     assert data.baselines(splits)["tfidf_logreg"]["val"] == {
         k: pytest.approx(v, abs=1e-4) for k, v in card["baselines"]["tfidf_logreg"]["val"].items()}
+
+
+def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
+    from helpers.synthetic import rule_prob
+
+    # one case whose only deciding cue sits after 60 words: cut away at max_len 16, seen at 512
+    text = "the parties met again " * 12 + "the trial judge refused to hear the petitioner's witnesses"
+    start = text.index("the trial judge")
+    case = pd.DataFrame({"text": [text], "issue_area": ["Civil Rights"]})
+    rec = [{"spans": [[start, len(text), "hearing_denied"]]}]
+    for max_len, seen in ((16, set()), (512, {"hearing_denied"})):
+        inside = data._spans_inside(case, rec, max_len)
+        assert inside == [[bool(seen)]]
+        assert data._visible_rule_prob(case, rec, inside) == [rule_prob("Civil Rights", seen)]
+    # through prepare: the oracle ignores max_len; the visible ceiling equals it when every cue is inside, and
+    # falls below it when truncation hides cues
+    short = data.prepare(tmp_path / "short", synthetic_n=300, synthetic_seed=1, max_len=12)
+    long = data.prepare(tmp_path / "long", synthetic_n=300, synthetic_seed=1, max_len=512)
+    assert short["bayes_accuracy"] == long["bayes_accuracy"]
+    assert long["cue_within_max_len_share"] == 1.0 and long["visible_rule_accuracy"] == long["bayes_accuracy"]
+    assert short["cue_within_max_len_share"] < 0.5
+    assert np.mean(list(short["visible_rule_accuracy"].values())) < np.mean(list(short["bayes_accuracy"].values()))
 
 
 def test_absolute_split_sizes_and_the_synthetic_transfer_pool(tmp_path):

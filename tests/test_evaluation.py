@@ -162,3 +162,25 @@ def test_auc_is_nan_only_when_a_split_holds_one_class():
     assert data._metrics(both, constant, None)["roc_auc"] == 0.5 == safe_auc(both, constant)
     assert np.isnan(data._metrics(one, constant, None)["roc_auc"]) and np.isnan(safe_auc(one, np.arange(4)))
     assert data._round({"roc_auc": float("nan"), "accuracy": 0.123456}) == {"roc_auc": None, "accuracy": 0.1235}
+
+
+def test_kd_gain_table_compares_the_chain_with_independent_and_with_direct_distillation():
+    ids = [f"c{i}" for i in range(400)]  # 50 copies of 8 cases: enough to resolve the differences
+    labels = [1, 1, 1, 1, 0, 0, 0, 0] * 50
+    probs = {"independent": [0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9] * 50,  # 4/8 right
+             "distilled": [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9] * 50,  # 6/8 right
+             "chain": [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.9] * 50}  # 7/8 right
+    preds = pd.DataFrame([{"model": "S", "mode": mode, "seed": seed, "id": i, "label": y, "prob_1": p}
+                          for seed in (0, 1, 2) for mode, ps in probs.items() for i, y, p in zip(ids, labels, ps)])
+    table = kd_gain_table(preds, ["S"], pd.Series(labels, index=ids), meaningful=True, n_boot=20)
+    acc = table[table["metric"] == "accuracy"].set_index(["arm", "against"])
+    assert set(acc.index) == {("distilled", "independent"), ("chain", "independent"), ("chain", "distilled")}
+    assert acc.loc[("chain", "independent"), "diff"] == pytest.approx(0.375)
+    direct = acc.loc[("chain", "distilled")]  # chain_vs_direct: chain - distilled, paired by seed
+    assert direct["diff"] == pytest.approx(0.125)
+    assert (direct["independent_mean"], direct["arm_mean"]) == (pytest.approx(0.75), pytest.approx(0.875))
+    assert np.isfinite(direct["ci_low"]) and np.isfinite(direct["p_adjusted"])
+    assert direct["verdict"].startswith("the chain over direct distillation helped")
+    assert acc.loc[("chain", "independent"), "verdict"].startswith("chain distillation helped")
+    # one Holm family per metric: three comparisons
+    assert acc["p_adjusted"].max() <= 1 and (acc["p_adjusted"] >= acc["p_value"] - 1e-12).all()

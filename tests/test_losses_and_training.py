@@ -186,7 +186,7 @@ def test_unknown_mode_and_misuse_are_rejected():
     with pytest.raises(ValueError, match="teacher logits"):
         train(build_model(REGISTRY["Smoke_Tiny_1x32"]), CaseDataset(enc, labels), CaseDataset(enc, labels), cfg,
               mode="distilled")
-    assert set(ARMS) == {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer"}
+    assert set(ARMS) == {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"}
 
 
 def test_predict_logits_batches_by_length_but_returns_input_order():

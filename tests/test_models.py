@@ -127,3 +127,55 @@ def test_teacher_layer_init_works_into_a_trimmed_student():
     full = build_model(REGISTRY["Smoke_Half_1x64"], teacher=teacher, seed=1)
     trimmed = build_model(REGISTRY["Smoke_Half_1x64"], teacher=teacher, seed=1, keep_ids=vocabulary_ids(corpus))
     np.testing.assert_allclose(predict_logits(full, corpus), predict_logits(trimmed, corpus), atol=1e-6)
+
+
+def _tiny_bert_with_tokenizer(folder, vocab_edit=None):
+    """A 2x64 BERT with the bert-base-uncased vocabulary, written the documented way: model and tokenizer
+    `save_pretrained` into one folder (what a user does to run the paper profile without a hub)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from helpers.tokenization import get_tokenizer
+
+    spec = REGISTRY["Smoke_Teacher_2x64"]
+    torch.manual_seed(3)
+    model = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=spec.hidden,
+                                                     num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                                                     intermediate_size=spec.intermediate))
+    model.save_pretrained(folder, safe_serialization=True)
+    get_tokenizer().save_pretrained(folder)
+    if vocab_edit is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink(missing_ok=True)
+        lines = get_tokenizer().convert_ids_to_tokens(list(range(30522)))
+        (folder / "vocab.txt").write_text("\n".join(vocab_edit(lines)) + "\n", encoding="utf-8")
+    return model
+
+
+def test_pretrained_spec_loads_a_save_pretrained_folder_with_the_shared_vocabulary(tmp_path):
+    folder = tmp_path / "bert_tiny"
+    src = _tiny_bert_with_tokenizer(folder)
+    assert (folder / "tokenizer.json").is_file() and not (folder / "spec.json").exists()
+    spec = get_spec("Smoke_Teacher_2x64", {"Smoke_Teacher_2x64": str(folder)})
+    assert (spec.init, spec.source) == ("pretrained", str(folder))
+    loaded = build_model(spec)
+    assert torch.equal(loaded.bert.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(loaded.bert.encoder.layer[1].output.dense.weight, src.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_local_folder_with_another_vocabulary_of_the_same_size_is_refused(tmp_path):
+    # Two wordpieces swapped: same size (the old check passed it), different ids for the same words.
+    def swap(lines):
+        lines[2000], lines[2001] = lines[2001], lines[2000]
+        return lines
+
+    folder = tmp_path / "other_vocab"
+    _tiny_bert_with_tokenizer(folder, swap)
+    spec = get_spec("Smoke_Teacher_2x64", {"Smoke_Teacher_2x64": str(folder)})
+    with pytest.raises(ModelSourceError) as err:
+        build_model(spec)
+    msg = str(err.value)
+    assert str(folder) in msg and "bert-base-uncased" in msg and "id 2000" in msg
+    # a folder with no vocabulary file, not written by this suite, cannot be checked: refused as well
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(ModelSourceError, match="no vocab.txt or tokenizer.json"):
+        build_model(spec)

@@ -22,22 +22,32 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
         [pd.read_csv(r / "data" / f"{s}.csv") for s in ("train", "val", "test")]))
     index = json.loads((r / "models" / "models.json").read_text())
     students = index["students"]
-    assert len(students) == (4 + 4) * 2  # both smoke students in all 4 arms, 2 seeds
+    # both smoke students in 4 arms, 2 seeds; the chain: Half (the larger) is its first link (its distilled runs),
+    # so only Tiny gets chain runs
+    assert len(students) == (4 + 4) * 2 + 2
     for e in [index["teacher"], index["teacher_ceiling"], *students]:
         assert (r / e["path"] / "model.safetensors").is_file()
         assert not list((r / e["path"]).glob("*.bin")) and not list((r / e["path"]).glob("*.pt"))
     assert len(list((r / "models" / "teacher_logits").glob("*.safetensors"))) == 1
     metrics = pd.read_csv(r / "models" / "metrics.csv")
     assert set(metrics["mode"]) == {"teacher", "ceiling", "independent", "distilled", "distilled_transfer",
-                                    "pseudo_label_transfer"}
+                                    "pseudo_label_transfer", "chain"}
     gain = pd.read_csv(r / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     assert set(gain["model"]) == {"Smoke_Half_1x64", "Smoke_Tiny_1x32"}
     assert set(gain.loc[gain["model"] == "Smoke_Tiny_1x32", "arm"]) == {"distilled", "distilled_transfer",
-                                                                        "pseudo_label_transfer"}
+                                                                        "pseudo_label_transfer", "chain"}
     # the transfer arms are also compared with each other: same extra cases, soft vs hard targets
     contrast = gain[gain["against"] == "pseudo_label_transfer"]
     assert set(contrast["arm"]) == {"distilled_transfer"} and set(contrast["model"]) == set(gain["model"])
     assert {"p_value", "p_adjusted", "ci_half_width", "did_not_learn"} <= set(gain.columns)
+    # the chain: Tiny learned from Half's seed-0 distilled model (one cached logits pass), compared with both arms
+    chain = pd.read_csv(r / "models" / "chain.csv")
+    assert chain["model"].tolist() == ["Smoke_Half_1x64", "Smoke_Tiny_1x32"]
+    assert chain["teacher"].tolist()[1:] == ["Smoke_Half_1x64"]
+    assert len(list((r / "models" / "chain_logits").glob("*.safetensors"))) == 1
+    chained = gain[(gain["arm"] == "chain")]
+    assert set(zip(chained["model"], chained["against"])) == {("Smoke_Tiny_1x32", "independent"),
+                                                              ("Smoke_Tiny_1x32", "distilled")}
     runs = pd.read_csv(r / "models" / "student_runs.csv", keep_default_na=False)
     assert {"steps", "train_examples", "train_seconds", "best_step", "lr", "precision"} <= set(runs.columns)
     assert (runs["train_examples"] > 0).all() and (runs["train_seconds"] > 0).all()
@@ -50,6 +60,14 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
     summary = pd.read_csv(r / "attributions" / "summary.csv")
     assert "ceiling" in set(summary["mode"])
     assert (r / "summary.json").is_file() and (r / "report.html").is_file()
+    entries = json.loads((r / "summary.json").read_text())["models"]
+    chain_entries = [e for e in entries if e["mode"] == "chain"]
+    assert [e["name"] for e in chain_entries] == ["Smoke_Tiny_1x32"]
+    assert chain_entries[0]["kd_gain"]["against"] == "independent"
+    vs_direct = chain_entries[0]["chain_vs_direct"]
+    assert vs_direct["against"] == "distilled" and vs_direct["teacher"] == "Smoke_Half_1x64"
+    assert all(e["chain_vs_direct"] is None for e in entries if e["mode"] != "chain")
+    assert "progressive chain" in (r / "report.html").read_text(encoding="utf-8")
     for fig in ("01_lengths", "02_baselines", "03_kd_gain", "04_agreement_heatmap", "05_pareto"):
         assert (r / "figures" / f"{fig}.png").is_file(), fig
 
@@ -71,6 +89,8 @@ def test_sweep_reruns_only_the_student_stage(smoke_run):
     for _, g in acc.groupby(["model", "arm"]):
         assert g.loc[g["best_on_val"], "val_accuracy"].iloc[0] == g["val_accuracy"].max()
     assert sorted(set(table["alpha"])) == [0.2, 0.8]
+    # the chain arm is swept too: against independent, and chain_vs_direct (against distilled)
+    assert {("chain", "independent"), ("chain", "distilled")} <= set(zip(table["arm"], table["against"]))
     base_manifest = (smoke_run / "manifests" / "02_train_teacher.json").read_text()
     for combo in ("alpha=0.2", "alpha=0.8"):
         folder = sweep_dir / combo

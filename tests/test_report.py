@@ -138,6 +138,62 @@ def test_invalid_summary_is_not_written(fake_run: Path, summary: dict) -> None:
     assert not (fake_run / "summary.json").exists()
 
 
+def _add_chain(run: Path, chain_acc: float) -> None:
+    """S_small learned from S_big's seed-0 distilled model: chain rows in metrics, kd_gain and models/chain.csv."""
+    metrics = pd.read_csv(run / "models" / "metrics.csv")
+    index = json.loads((run / "models" / "models.json").read_text())
+    rows = [_metric_row("S_small", "student", "chain", seed, chain_acc + jitter, 2_000_000, split)
+            for seed, jitter in ((0, -0.005), (1, 0.005)) for split in ("test", "val")]
+    index["students"] += [_entry("S_small", "student", "chain", seed, f"models/students/S_small/chain/seed{seed}",
+                                 2_000_000) for seed in (0, 1)]
+    pd.concat([metrics, pd.DataFrame(rows)]).to_csv(run / "models" / "metrics.csv", index=False)
+    (run / "models" / "models.json").write_text(json.dumps(index))
+    gains = pd.read_csv(run / "models" / "kd_gain.csv")
+    extra = []
+    for against, ref in (("independent", 0.70), ("distilled", 0.785)):
+        d = chain_acc - ref
+        extra.append({**gains.iloc[0].to_dict(), "model": "S_small", "arm": "chain", "against": against,
+                      "independent_mean": ref, "arm_mean": chain_acc, "diff": d, "ci_low": d - 0.01,
+                      "ci_high": d + 0.01, "p_value": 0.001, "p_adjusted": 0.002,
+                      "verdict": verdict(d, d - 0.01, d + 0.01, True, "accuracy", p_adjusted=0.002,
+                                         arm="the chain over direct distillation")})
+    pd.concat([gains, pd.DataFrame(extra)]).to_csv(run / "models" / "kd_gain.csv", index=False)
+    pd.DataFrame([
+        {"link": 1, "model": "S_big", "params": 10_000_000, "teacher": "T", "teacher_params": 20_000_000,
+         "teacher_mode": "teacher", "teacher_seed": 0, "teacher_path": "models/teacher",
+         "logits": "models/teacher_logits/"},
+        {"link": 2, "model": "S_small", "params": 2_000_000, "teacher": "S_big", "teacher_params": 10_000_000,
+         "teacher_mode": "distilled", "teacher_seed": 0, "teacher_path": "models/students/S_big/distilled/seed0",
+         "logits": "models/chain_logits/k.safetensors"}]).to_csv(run / "models" / "chain.csv", index=False)
+
+
+@pytest.mark.parametrize(("chain_acc", "says"), [(0.80, "bridged the gap"), (0.77, "cost accuracy")])
+def test_chain_vs_direct_in_the_summary_and_the_report(fake_run: Path, chain_acc: float, says: str) -> None:
+    _add_chain(fake_run, chain_acc)
+    summary = report.build_summary(fake_run, profile="test", tolerance=0.02)
+    assert schema_errors(summary) == []
+    chain = [m for m in summary["models"] if m["mode"] == "chain"]
+    assert [m["name"] for m in chain] == ["S_small"]
+    assert chain[0]["kd_gain"]["against"] == "independent"
+    direct = chain[0]["chain_vs_direct"]
+    assert direct["teacher"] == "S_big" and direct["teacher_params"] == 10_000_000
+    assert direct["diff"] == pytest.approx(chain_acc - 0.785)
+    assert all(m["chain_vs_direct"] is None for m in summary["models"] if m["mode"] != "chain")
+    table = report_tables.chain_table(fake_run)
+    assert table["student"].tolist() == ["S_big", "S_small"]
+    assert table["teacher/student params"].tolist() == [2.0, 5.0] and table["teacher gap (direct)"].tolist()[1] == 10
+    assert table["teacher test accuracy"].tolist() == [0.80, pytest.approx(0.795)]  # S_big distilled seed 0
+    assert table["chain − direct"].iloc[1] == f"{chain_acc - 0.785:+.3f}"
+    text = report_tables.chain_text(fake_run)
+    assert says in text and "S_small learned from S_big" in text
+    assert "progressive chain" in " ".join(report_tables.report_tables(fake_run, summary))
+
+
+def test_no_chain_table_without_the_chain_arm(fake_run: Path) -> None:
+    assert report_tables.chain_table(fake_run) is None
+    assert "did not run" in report_tables.chain_text(fake_run)
+
+
 # --- verdicts and recommendation -----------------------------------------------------------------------------------
 
 def test_verdict_says_no_evidence_when_the_interval_covers_zero() -> None:
