@@ -116,7 +116,7 @@ def validate(params: dict[str, Any]) -> None:
     _check(isinstance(params["bench_seeds"], list) and params["bench_seeds"]
            and set(params["bench_seeds"]) <= set(params["seeds"]), "bench_seeds",
            f"must be a non-empty subset of seeds {params['seeds']}")
-    for name in ("val_n", "test_n", "synthetic_transfer_n", "transfer_n", "patience", "bench_cases"):
+    for name in ("val_n", "test_n", "synthetic_transfer_n", "transfer_n", "patience", "bench_cases", "processes"):
         _check(isinstance(params[name], int) and not isinstance(params[name], bool) and params[name] >= 0, name,
                f"must be an integer >= 0, got {params[name]!r}")
     _check(params["precision"] in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16")
@@ -134,6 +134,13 @@ def validate(params: dict[str, Any]) -> None:
         except ValueError as err:
             raise ConfigError(str(err) if str(err).startswith("parameter") else f"parameter text_template: {err}") \
                 from err
+    _check(params["launcher"] in ("inprocess", "accelerate"), "launcher", "must be inprocess or accelerate")
+    if params["launcher"] == "accelerate" and params["processes"] == 0:
+        import torch
+
+        _check(params["device"] == "cuda" or (params["device"] == "auto" and torch.cuda.is_available()), "processes",
+               "0 leaves the count to accelerate's config or the GPU count, and this run trains on the CPU: set "
+               "processes (e.g. 2)")
     _check(isinstance(params["trim_vocab"], bool), "trim_vocab", "must be true or false")
     from .training import ARMS
 

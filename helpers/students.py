@@ -126,10 +126,19 @@ def job_folder(run_dir: Path, job: Job) -> Path:
             / f"{job.name}-{job.arm}-seed{job.seed}-lr{job.lr:g}{extra}")
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one run in this process, save its checkpoint and history; score test when the run is final."""
+def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
+    """Train one run, save its checkpoint and history; score test when the run is final.
+
+    In this process, or with the stage's `launcher: accelerate` under `accelerate launch` (helpers.launcher), which
+    runs this function in every launched process with their `accelerator`: there only the main process saves and
+    returns the run's results (the others return None).
+    """
     sh = _SHARED["stage"]
     st = sh.settings
+    if accelerator is None and st.get("launcher", "inprocess") == "accelerate":
+        from .launcher import launch_student
+
+        return launch_student(job, sh.run_dir, st)
     start = time.perf_counter()
     spec = get_spec(job.name, st["model_overrides"])
     model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids,
@@ -143,7 +152,9 @@ def run_job(job: Job) -> dict[str, Any]:
     else:
         data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
     result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
-                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher)
+                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
     out = save_model(result.model, job_folder(sh.run_dir, job), spec)
     history = result.history
     history.insert(0, "seed", job.seed)
@@ -256,7 +267,8 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                       device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
                       model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
                       transfer_curve: list[float] | None = None, transfer_curve_seeds: list[int] | None = None,
-                      workers: int = 1, threads: int = 2) -> dict[str, Any]:
+                      workers: int = 1, threads: int = 2, launcher: str = "inprocess",
+                      processes: int = 0) -> dict[str, Any]:
     """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
 
     Args:
@@ -277,6 +289,9 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         precision: must resolve to the teacher's precision (teacher_metrics.json): one precision per run.
         workers: training processes run side by side (CPU only), each with threads // workers torch threads; every
             run is seeded, so the results do not depend on which worker ran it.
+        launcher, processes: `accelerate` runs each training run data-parallel in `processes` processes under
+            `accelerate launch` (helpers.launcher; 0: accelerate's own config) and reads back the same files;
+            `inprocess` trains here (or in the `workers` pool).
     Every decision (learning rate, best step, early stop, did-not-learn) reads validation data; test logits are
     computed once per final checkpoint and only reported.
     """
@@ -305,7 +320,8 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                 "transfer_n": n_transfer, "model_overrides": model_overrides or {}, "max_steps": max_steps,
                 "batch_size": batch_size, "eval_every": eval_every, "patience": patience,
                 "selection_metric": selection_metric, "class_weighted": class_weighted, "precision": precision,
-                "alpha": alpha, "temperature": temperature}
+                "alpha": alpha, "temperature": temperature, "launcher": launcher, "processes": processes,
+                "threads": threads}
     shared = load_shared(run_dir, settings)
     write_json(run_dir / "models" / "student_settings.json", settings)
     if n_transfer:
@@ -326,7 +342,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                   f"previous one's seed-{seeds[0]} chain model", flush=True)
     specs = {name: get_spec(name, model_overrides) for name in students}
     grids = {name: (lr_grid if specs[name].init == "random" else lr_grid_warm) for name in students}
-    workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    workers = max(1, int(workers)) if torch.device(device).type == "cpu" and launcher == "inprocess" else 1
     pool = None
     if workers > 1:
         import multiprocessing as mp
@@ -515,7 +531,7 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     jobs = _curve_jobs(student, multiples, seeds, float(mine["lr"].iloc[0]), len(shared.train_set), pool_size,
                        settings["transfer_n"])
     pool_ = None
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and settings.get("launcher", "inprocess") == "inprocess":
         import multiprocessing as mp
 
         pool_ = mp.get_context("spawn").Pool(workers, initializer=_init_worker,

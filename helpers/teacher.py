@@ -29,12 +29,13 @@ def _quiet_worker(threads: int) -> None:
     hf_logging.disable_progress_bar()
 
 
-def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
+def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
     """Fine-tune one teacher (the teacher or the ceiling teacher) and save it; its validation logits come back.
 
     Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
     lines go to `job["lines"]`, a queue the notebook prints from). The other splits are scored afterwards, in
-    chunks shared out over the workers (score_chunk).
+    chunks shared out over the workers (score_chunk). Under `accelerate launch` (helpers.launcher) every process
+    calls it with its `accelerator`; only the main process saves and returns (the others return None).
     """
     if "threads" in job:
         _quiet_worker(job["threads"])
@@ -53,7 +54,9 @@ def fit_teacher(job: dict[str, Any]) -> dict[str, Any]:
                       class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
                       progress=bar)
     result = train(model, CaseDataset(encoded["train"], labels["train"]),
-                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent")
+                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent", accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
     out = save_model(result.model, run_dir / "models" / job["folder"], spec)
     history = result.history
     history.insert(0, "seed", job["seed"])
@@ -102,12 +105,14 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
                       class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
                       precision: str = "auto", model_overrides: dict[str, str] | None = None,
                       trim_vocab: bool = True, progress: bool = True, workers: int = 1,
-                      threads: int = 2) -> dict[str, Any]:
+                      threads: int = 2, launcher: str = "inprocess", processes: int = 0) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
     recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
-    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each.
+    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each. With
+    `launcher` accelerate each teacher trains data-parallel in `processes` processes under `accelerate launch`
+    (helpers.launcher; 0: accelerate's own config), one after the other, and the same files come back.
     With `trim_vocab` each teacher keeps only the word-embedding rows of the wordpieces the run's texts use
     (data/vocab.json; token ids unchanged, other wordpieces map to [UNK]): on every text of the run it computes
     what the full model would, while AdamW stops updating ~30k rows no case looks up.
@@ -134,7 +139,12 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     wanted = {"teacher": [s for s in encoded if s != "val"], "teacher_ceiling": ["test"]}
     sizes = {s: len(e) for s, e in encoded.items()}
     score_args = {"max_len": max_len, "device": device, "precision": precision}
-    if workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
+    if launcher == "accelerate":
+        from .launcher import launch_teacher
+
+        done = [launch_teacher(j, processes=processes, threads=threads) for j in jobs]
+        scored = score_chunks(run_dir, wanted, sizes, **score_args)
+    elif workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -277,14 +278,33 @@ def _arm_loss(mode: str, logits: torch.Tensor, batch: dict[str, torch.Tensor], a
                              labelled=labels >= 0)
 
 
+def _validation_logits(model: PreTrainedModel, val_set: CaseDataset, cfg: TrainConfig, accelerator: Any) -> np.ndarray:
+    """Validation logits in case order; under several processes each scores a contiguous share, then all gather."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return predict_logits(model, val_set.encodings, device=cfg.device, precision=cfg.precision)
+    from accelerate.utils import gather_object
+
+    rows = np.array_split(np.arange(len(val_set)), accelerator.num_processes)[accelerator.process_index]
+    mine = predict_logits(model, [val_set.encodings[i] for i in rows], device=cfg.device, precision=cfg.precision)
+    return np.concatenate([logits for _, logits in sorted(gather_object([(int(accelerator.process_index), mine)]),
+                                                          key=lambda part: part[0])])
+
+
 def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, cfg: TrainConfig,
           mode: str = "independent", *, alpha: float = 0.5, temperature: float = 4.0,
-          teacher_model: PreTrainedModel | None = None) -> TrainResult:
+          teacher_model: PreTrainedModel | None = None, accelerator: Any = None) -> TrainResult:
     """Train `model` in `mode` (an arm of ARMS) for at most cfg.max_steps; restore the best evaluation's weights.
 
     Every arm draws its batches from `train_set` in the same seeded order, so independent and distilled runs of a
     student see identical batches; the transfer arms get a train_set that also holds unlabelled cases (label -1).
     Distilled arms read teacher logits from the batch (cached) or from `teacher_model` (online).
+
+    With an `accelerate.Accelerator` of N processes (data-parallel, under `accelerate launch`; see helpers.launcher)
+    every process walks the same global batches and takes its contiguous 1/N shard of each; its loss is weighted
+    by the shard's share of the batch, so the averaged gradient is that of the global batch mean (exactly so for
+    unweighted losses; with class_weighted each shard normalises by its own weights). Validation is split across
+    the processes and gathered, so all of them take the same decisions; the caller saves on the main process only.
+    With one process (or none) nothing changes.
     """
     if mode not in ARMS:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(ARMS)}")
@@ -301,6 +321,9 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     weights = class_weights_for(train_set.labels, num_labels).to(device) if cfg.class_weighted else None
     optimizer = _optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
+    net, rank, world = model, 0, 1  # net: what the training forward runs (the model, or its data-parallel wrapper)
+    if accelerator is not None:
+        net, rank, world = accelerator.prepare_model(model), accelerator.process_index, accelerator.num_processes
     batches = batch_order(len(train_set), cfg.batch_size, cfg.max_steps, cfg.seed)
     digest = hashlib.sha256(np.concatenate(batches).astype(np.int64).tobytes()).hexdigest()[:16]
     steps_per_pass = int(np.ceil(len(train_set) / cfg.batch_size))
@@ -311,28 +334,36 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     examples, step, stopped = 0, 0, False
     for step, rows_idx in enumerate(batches, start=1):
         t0 = time.perf_counter()
-        batch = collate([train_set[int(i)] for i in rows_idx])
+        mine = np.array_split(rows_idx, world)[rank] if world > 1 else rows_idx
+        share = len(mine) / len(rows_idx)  # an empty shard still runs one case (weight 0): every process syncs
+        batch = collate([train_set[int(i)] for i in (mine if len(mine) else rows_idx[:1])])
         batch = {k: v.to(device) for k, v in batch.items()}
         if teacher_model is not None and mode != "independent":
             with torch.no_grad(), autocast(cfg.precision, device):
                 batch["teacher_logits"] = teacher_model(input_ids=batch["input_ids"],
                                                         attention_mask=batch["attention_mask"]).logits.float()
         with autocast(cfg.precision, device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
-        loss.backward()
+        if world > 1:  # the processes' gradients are averaged: weight = share * world gives the global batch mean
+            (loss * (share * world)).backward()
+            logged = torch.tensor([part["ce"], part["kl"], float(loss.detach())], dtype=torch.float64) * share
+            part["ce"], part["kl"], loss_value = accelerator.reduce(logged.to(device), "sum").tolist()
+        else:
+            loss.backward()
+            loss_value = float(loss.detach())
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - t0
         examples += len(rows_idx)
-        parts.append({**part, "loss": float(loss.detach())})
+        parts.append({**part, "loss": loss_value})
         if cfg.progress is not None:
             cfg.progress(step, cfg.max_steps)
         if step % cfg.eval_every and step != cfg.max_steps:
             continue
         t1 = time.perf_counter()
-        val_logits = predict_logits(model, val_set.encodings, device=device, precision=cfg.precision)
+        val_logits = _validation_logits(model, val_set, cfg, accelerator)
         model.train()
         m = classification_metrics(val_logits, val_set.labels)
         val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.tensor(val_set.labels, dtype=torch.long)))
@@ -353,8 +384,7 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
             stopped = step < cfg.max_steps
             break
     if best["state"] is None:  # every evaluation gave NaN: keep the last weights
-        best = {"step": step, "logits": predict_logits(model, val_set.encodings, device=device,
-                                                       precision=cfg.precision), "state": None}
+        best = {"step": step, "logits": _validation_logits(model, val_set, cfg, accelerator), "state": None}
     else:
         model.load_state_dict(best["state"])
     model.eval()
