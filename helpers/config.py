@@ -159,6 +159,8 @@ def validate(params: dict[str, Any]) -> None:
            and set(params["transfer_curve_seeds"]) <= set(params["seeds"]), "transfer_curve_seeds",
            f"must be a non-empty subset of seeds {params['seeds']}")
     _check(isinstance(params["bench_warmup"], int) and params["bench_warmup"] >= 0, "bench_warmup", "must be >= 0")
+    _check(isinstance(params["paper_repeats"], int) and not isinstance(params["paper_repeats"], bool)
+           and params["paper_repeats"] >= 0, "paper_repeats", "must be an integer >= 0 (0: bench_repeats)")
     _check(isinstance(params["threads"], int) and params["threads"] >= 0, "threads", "must be an integer >= 0")
     _check(isinstance(params["teacher_lr"], num) and params["teacher_lr"] > 0, "teacher_lr",
            f"must be > 0, got {params['teacher_lr']!r}")
