@@ -168,10 +168,13 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
         ax.axvline(0, color="black", lw=1)
         ax.set_yticks(y, [f"{m} · {a}" + ("" if r == "independent" else f" vs {r}")
                           for m, a, r in zip(g["model"], g["arm"], g["against"])], fontsize=8)
-        ax.set_title(f"{metric}: arm − reference (independent)")
-        ax.set_xlabel("difference (unadjusted 95% CI)")
+        ax.set_title(metric)
+        ax.set_xlabel("arm − reference (unadjusted 95% CI)")
     if not gain.empty and not bool(gain["meaningful"].iloc[0]):
         fig.suptitle("Teacher collapsed: these differences are NOT meaningful", color="red")
+    else:
+        fig.suptitle("Each arm minus its reference on the test split (reference: independent unless a row says "
+                     "'vs'); green/red: Holm-adjusted p < 0.05", fontsize=10)
     return _save(fig, run_dir, "03_kd_gain.png")
 
 
