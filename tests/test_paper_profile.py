@@ -14,6 +14,7 @@ import pytest
 from helpers.config import resolve
 from helpers.models import PAPER_SPECS
 from helpers.runner import run
+from helpers.training import ARMS as TRAINING_ARMS
 
 TINY = {
     "model_overrides": dict.fromkeys(PAPER_SPECS, "random"),
@@ -24,7 +25,7 @@ TINY = {
     "ig_examples": 3, "ig_steps": 2, "ig_internal_batch_size": 2, "bench_cases": 10, "bench_repeats": 1,
     "bench_warmup": 0, "paper_benchmark": False,
 }
-ARMS = {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer"}
+ARMS = set(TRAINING_ARMS)  # all five, chain included
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,12 @@ def test_paper_profile_six_models_every_arm_end_to_end(paper_run):
     index = json.loads((r / "models" / "models.json").read_text())
     assert index["teacher"]["name"] == teacher
     trained = {(e["name"], e["mode"]) for e in index["students"]}
-    assert trained == {(s, arm) for s in students for arm in ARMS}
+    # The chain's first link (the largest student) learns from the teacher: its chain runs are its distilled runs,
+    # so it has no chain arm of its own; every other student has all five arms.
+    chain = pd.read_csv(r / "models" / "chain.csv")
+    assert sorted(chain["model"]) == sorted(students) and chain["link"].tolist() == list(range(1, len(students) + 1))
+    first_link = chain.loc[chain["link"] == 1, "model"].item()
+    assert trained == {(s, arm) for s in students for arm in ARMS} - {(first_link, "chain")}
     for e in [index["teacher"], *index["students"]]:  # saved as safetensors, with the spec beside it
         spec = json.loads((r / e["path"] / "spec.json").read_text())
         assert spec["name"] == e["name"] and spec["init"] == "random"
@@ -63,5 +69,8 @@ def test_paper_profile_six_models_every_arm_end_to_end(paper_run):
     summary = json.loads((r / "summary.json").read_text())
     assert summary["profile"] == "paper" and summary["teacher"]["name"] == teacher
     assert {(m["name"], m["mode"]) for m in summary["models"] if m["role"] == "student"} == trained
-    gains = {(v["model"], v["arm"]) for v in summary["verdicts"]}
-    assert gains == {(s, arm) for s in students for arm in ARMS - {"independent"}}
+    gains = {(v["model"], v["arm"], v["against"]) for v in summary["verdicts"]}
+    expected = {(s, arm, "independent") for s, arm in trained if arm != "independent"}
+    expected |= {(s, "distilled_transfer", "pseudo_label_transfer") for s in students}  # soft targets vs more data
+    expected |= {(s, "chain", "distilled") for s in students if s != first_link}  # chain vs direct
+    assert gains == expected
