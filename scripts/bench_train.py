@@ -17,7 +17,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.config import defaults  # noqa: E402
 from helpers.models import build_model, get_spec, vocabulary_ids  # noqa: E402
 from helpers.synthetic import generate_cases  # noqa: E402
-from helpers.training import CaseDataset, TrainConfig, batch_order, collate, encode, resolve_precision, train  # noqa: E402
+from helpers.training import CaseDataset, TrainConfig, autocast, batch_order, collate, encode, resolve_precision, train  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -36,44 +38,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float,
-              device: str = "cpu") -> float:
-    """Examples per second of a plain fp32 AdamW loop over `batches` (first 3 steps are warm-up)."""
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    seconds, examples = 0.0, 0
-    for i, rows in enumerate(batches):
-        _sync(device)
-        t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in collate([data[int(j)] for j in rows]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = F.cross_entropy(logits, batch["labels"])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= 3:
-            seconds += time.perf_counter() - t0
-            examples += len(rows)
-    return examples / seconds
-
-
-def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float, precision: str,
-                *, sparse: bool = False, compiled: bool = False, device: str = "cpu") -> float:
-    """Examples per second of the suite's step with one option changed (the first 3 steps are warm-up, and so is
-    compilation): `sparse` = sparse word-embedding gradients updated by SparseAdam (the rest by AdamW), `compiled` =
-    the model under torch.compile."""
-    from helpers.training import autocast
-
-    model.to(device).train()
-    emb = model.get_input_embeddings()
-    if sparse:
-        emb.sparse = True
-        rest = [p for p in model.parameters() if p is not emb.weight]
-        opts = [torch.optim.SparseAdam([emb.weight], lr=lr), torch.optim.AdamW(rest, lr=lr, weight_decay=0.01)]
-    else:
-        opts = [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, foreach=True)]
-    forward = torch.compile(model) if compiled else model
+def _timed_steps(forward: Callable[..., Any], data: CaseDataset, batches: list[np.ndarray],
+                 opts: list[torch.optim.Optimizer], precision: str, device: str) -> float:
+    """Examples per second over `batches` of forward, cross-entropy, backward and `opts` steps (the first 3 steps
+    are warm-up, and so is any compilation they trigger)."""
     seconds, examples = 0.0, 0
     for i, rows in enumerate(batches):
         _sync(device)
@@ -91,6 +59,29 @@ def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndar
             seconds += time.perf_counter() - t0
             examples += len(rows)
     return examples / seconds
+
+
+def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float,
+              device: str = "cpu") -> float:
+    """Examples per second of a plain fp32 AdamW loop over `batches` (first 3 steps are warm-up)."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    return _timed_steps(model, data, batches, [opt], "fp32", device)
+
+
+def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float, precision: str,
+                *, sparse: bool = False, compiled: bool = False, device: str = "cpu") -> float:
+    """Examples per second of the suite's step with one option changed: `sparse` = sparse word-embedding gradients
+    updated by SparseAdam (the rest by AdamW), `compiled` = the model under torch.compile."""
+    model.to(device).train()
+    emb = model.get_input_embeddings()
+    if sparse:
+        emb.sparse = True
+        rest = [p for p in model.parameters() if p is not emb.weight]
+        opts = [torch.optim.SparseAdam([emb.weight], lr=lr), torch.optim.AdamW(rest, lr=lr, weight_decay=0.01)]
+    else:
+        opts = [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, foreach=True)]
+    return _timed_steps(torch.compile(model) if compiled else model, data, batches, opts, precision, device)
 
 
 def options(args: argparse.Namespace, data: CaseDataset, keep: list[int], teacher: torch.nn.Module,
