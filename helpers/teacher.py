@@ -69,17 +69,19 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
             "val_logits": result.val_logits.astype(np.float32)}
 
 
-_LOADED: dict[str, Any] = {}  # per process: the checkpoint score_chunk last loaded
+_LOADED: dict[str, Any] = {}  # per process: the checkpoint score_chunk last loaded, and the run's cases
 
 
 def score_chunk(chunk: dict[str, Any]) -> np.ndarray:
-    """Logits of rows [start, stop) of one split for one saved teacher (loaded once per process)."""
+    """Logits of rows [start, stop) of one split for one saved teacher (checkpoint and cases read once per process)."""
     if "threads" in chunk:
         _quiet_worker(chunk["threads"])
     folder = chunk["folder"]
     if _LOADED.get("folder") != folder:
         _LOADED.update(folder=folder, model=load_model(folder, chunk["device"]))
-    texts = load_cases(chunk["run_dir"])[chunk["split"]]["text"].iloc[chunk["start"]:chunk["stop"]]
+    if _LOADED.get("run_dir") != chunk["run_dir"]:
+        _LOADED.update(run_dir=chunk["run_dir"], cases=load_cases(chunk["run_dir"]))
+    texts = _LOADED["cases"][chunk["split"]]["text"].iloc[chunk["start"]:chunk["stop"]]
     return predict_logits(_LOADED["model"], encode(texts.tolist(), chunk["max_len"]), device=chunk["device"],
                           precision=chunk["precision"]).astype(np.float32)
 
@@ -88,12 +90,15 @@ def score_chunks(run_dir: Path, wanted: dict[str, list[str]], sizes: dict[str, i
                  device: str, precision: str, pool: Any = None, threads: int = 0,
                  chunk: int = 500) -> dict[str, dict[str, np.ndarray]]:
     """{folder: {split: logits}} for each saved teacher folder and its splits, scored in chunks of `chunk` rows
-    spread over `pool` (None: in this process); every split is scored once per checkpoint."""
+    spread over `pool` (None: in this process); every split is scored once per checkpoint. Pass a pool started for
+    this call: its processes keep the checkpoint and cases they loaded."""
     jobs = [{"run_dir": str(run_dir), "folder": str(run_dir / "models" / folder), "split": split, "start": a,
              "stop": min(a + chunk, sizes[split]), "max_len": max_len, "device": device, "precision": precision,
              **({"threads": threads} if pool is not None else {})}
             for folder, splits in wanted.items() for split in splits for a in range(0, sizes[split], chunk)]
+    _LOADED.clear()  # in this process: never a checkpoint or cases from an earlier call (a rerun in the same kernel)
     parts = pool.map(score_chunk, jobs, chunksize=1) if pool is not None else [score_chunk(j) for j in jobs]
+    _LOADED.clear()
     out: dict[str, dict[str, list[np.ndarray]]] = {}
     for j, logits in zip(jobs, parts):
         out.setdefault(Path(j["folder"]).name, {}).setdefault(j["split"], []).append(logits)

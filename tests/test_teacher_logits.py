@@ -43,3 +43,27 @@ def test_cache_key_and_loading_follow_the_teacher_checkpoint_and_the_data(tmp_pa
     assert logits_key(teacher_dir, splits, MAX_LEN) != key
     with pytest.raises(FileNotFoundError, match="rerun notebook 02"):
         load_teacher_logits(tmp_path, splits, MAX_LEN)
+
+
+def test_a_second_teacher_stage_in_one_process_scores_its_own_checkpoint(tmp_path):
+    """Stage 02 rerun in the same kernel (workers 1) after retraining: the cached logits come from the new teacher,
+    not from a checkpoint or cases an earlier call loaded."""
+    from helpers import data
+    from helpers.data import load_cases
+    from helpers.models import load_model
+    from helpers.teacher import run_teacher_stage
+    from helpers.teacher_logits import load_teacher_logits
+    from helpers.training import encode, predict_logits
+
+    run_dir = tmp_path / "run"
+    data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=32)
+    seen = []
+    for seed in (0, 3):
+        run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=seed,
+                          ceiling_seed=1, batch_size=16, max_len=32, precision="fp32", progress=False, workers=1)
+        cases = load_cases(run_dir)
+        cached = load_teacher_logits(run_dir, cases, 32)["test"]
+        direct = predict_logits(load_model(run_dir / "models" / "teacher"), encode(cases["test"]["text"].tolist(), 32))
+        np.testing.assert_allclose(cached, direct, atol=1e-5)
+        seen.append(cached)
+    assert not np.allclose(seen[0], seen[1])  # two different teachers, so the check above can fail
