@@ -144,3 +144,14 @@ def relay(queue) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def quiet_worker(threads: int) -> None:
+    """Set up a training worker process: pinned torch threads, no transformers progress bars or load reports (its
+    output is relayed to the notebook as plain lines)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

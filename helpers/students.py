@@ -20,6 +20,7 @@ from .checkpoints import index_entry, record, replace_student_rows, teacher_pred
 from .data import SPLITS, TRANSFER, load_cases
 from .evaluation import classification_metrics, kd_gain_table
 from .models import build_model, count_params, get_spec, load_model, save_model
+from .progress import quiet_worker
 from .run_folder import read_index, read_json, write_csv, write_index, write_json
 from .teacher_logits import cache_teacher_logits, load_teacher_logits, read_cached_logits
 from .training import (
@@ -103,11 +104,7 @@ def load_shared(run_dir: str | Path, settings: dict[str, Any]) -> Shared:
 
 
 def _init_worker(run_dir: str, settings: dict[str, Any], threads: int) -> None:
-    torch.set_num_threads(threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_worker(threads)
     load_shared(run_dir, settings)
 
 

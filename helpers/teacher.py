@@ -14,19 +14,10 @@ from .checkpoints import index_entry, record
 from .data import SPLITS, load_cases
 from .evaluation import is_collapsed
 from .models import build_model, get_spec, load_model, save_model
-from .progress import Progress, QueueFile, relay
+from .progress import Progress, QueueFile, quiet_worker, relay
 from .run_folder import write_csv, write_index, write_json
 from .teacher_logits import cache_teacher_logits
 from .training import CaseDataset, TrainConfig, encode, encode_splits, predict_logits, resolve_precision, train
-
-
-def _quiet_worker(threads: int) -> None:
-    """A worker process: pinned torch threads, no transformers progress bars or load reports."""
-    torch.set_num_threads(threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
@@ -38,7 +29,7 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     calls it with its `accelerator`; only the main process saves and returns (the others return None).
     """
     if "threads" in job:
-        _quiet_worker(job["threads"])
+        quiet_worker(job["threads"])
     start = time.perf_counter()
     run_dir = Path(job["run_dir"])
     cases = load_cases(run_dir)
@@ -75,7 +66,7 @@ _LOADED: dict[str, Any] = {}  # per process: the checkpoint score_chunk last loa
 def score_chunk(chunk: dict[str, Any]) -> np.ndarray:
     """Logits of rows [start, stop) of one split for one saved teacher (checkpoint and cases read once per process)."""
     if "threads" in chunk:
-        _quiet_worker(chunk["threads"])
+        quiet_worker(chunk["threads"])
     folder = chunk["folder"]
     if _LOADED.get("folder") != folder:
         _LOADED.update(folder=folder, model=load_model(folder, chunk["device"]))
