@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from .evaluation import classification_metrics
+from .fast_dropout import cpu_dropout
 from .tokenization import tokenize
 
 ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain")
@@ -260,6 +261,8 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if decay[0].device.type in ("cpu", "cuda"):  # one fused kernel per step (CPU: 2.5x faster than foreach here)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
@@ -332,57 +335,59 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     rows, parts, waited = [], [], 0
     train_seconds = eval_seconds = 0.0
     examples, step, stopped = 0, 0, False
-    for step, rows_idx in enumerate(batches, start=1):
-        t0 = time.perf_counter()
-        mine = np.array_split(rows_idx, world)[rank] if world > 1 else rows_idx
-        share = len(mine) / len(rows_idx)  # an empty shard still runs one case (weight 0): every process syncs
-        batch = collate([train_set[int(i)] for i in (mine if len(mine) else rows_idx[:1])])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if teacher_model is not None and mode != "independent":
-            with torch.no_grad(), autocast(cfg.precision, device):
-                batch["teacher_logits"] = teacher_model(input_ids=batch["input_ids"],
-                                                        attention_mask=batch["attention_mask"]).logits.float()
-        with autocast(cfg.precision, device):
-            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
-        if world > 1:  # the processes' gradients are averaged: weight = share * world gives the global batch mean
-            (loss * (share * world)).backward()
-            logged = torch.tensor([part["ce"], part["kl"], float(loss.detach())], dtype=torch.float64) * share
-            part["ce"], part["kl"], loss_value = accelerator.reduce(logged.to(device), "sum").tolist()
-        else:
-            loss.backward()
-            loss_value = float(loss.detach())
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - t0
-        examples += len(rows_idx)
-        parts.append({**part, "loss": loss_value})
-        if cfg.progress is not None:
-            cfg.progress(step, cfg.max_steps)
-        if step % cfg.eval_every and step != cfg.max_steps:
-            continue
-        t1 = time.perf_counter()
-        val_logits = _validation_logits(model, val_set, cfg, accelerator)
-        model.train()
-        m = classification_metrics(val_logits, val_set.labels)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.tensor(val_set.labels, dtype=torch.long)))
-        chunk = pd.DataFrame(parts)
-        rows.append({"step": step, "epoch": round(step / steps_per_pass, 3), "train_loss": chunk["loss"].mean(),
-                     "train_ce": chunk["ce"].mean(), "train_kl": chunk["kl"].mean(), "val_loss": val_loss,
-                     **{f"val_{k}": m[k] for k in ("accuracy", "macro_f1", "roc_auc")}})
-        parts = []
-        value = m[cfg.selection_metric]
-        if np.isfinite(value) and value > best["value"] + 1e-12:
-            best = {"value": value, "step": step, "logits": val_logits,
-                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-            waited = 0
-        else:
-            waited += 1
-        eval_seconds += time.perf_counter() - t1
-        if cfg.patience and waited >= cfg.patience and step >= cfg.max_steps // 4:
-            stopped = step < cfg.max_steps
-            break
+    with cpu_dropout(model):  # the same dropout, with masks that are cheap to draw on CPU (helpers.fast_dropout)
+        for step, rows_idx in enumerate(batches, start=1):
+            t0 = time.perf_counter()
+            mine = np.array_split(rows_idx, world)[rank] if world > 1 else rows_idx
+            share = len(mine) / len(rows_idx)  # an empty shard still runs one case (weight 0): every process syncs
+            batch = collate([train_set[int(i)] for i in (mine if len(mine) else rows_idx[:1])])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if teacher_model is not None and mode != "independent":
+                with torch.no_grad(), autocast(cfg.precision, device):
+                    batch["teacher_logits"] = teacher_model(input_ids=batch["input_ids"],
+                                                            attention_mask=batch["attention_mask"]).logits.float()
+            with autocast(cfg.precision, device):
+                logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
+            if world > 1:  # the processes' gradients are averaged: weight = share * world gives the global batch mean
+                (loss * (share * world)).backward()
+                logged = torch.tensor([part["ce"], part["kl"], float(loss.detach())], dtype=torch.float64) * share
+                part["ce"], part["kl"], loss_value = accelerator.reduce(logged.to(device), "sum").tolist()
+            else:
+                loss.backward()
+                loss_value = float(loss.detach())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - t0
+            examples += len(rows_idx)
+            parts.append({**part, "loss": loss_value})
+            if cfg.progress is not None:
+                cfg.progress(step, cfg.max_steps)
+            if step % cfg.eval_every and step != cfg.max_steps:
+                continue
+            t1 = time.perf_counter()
+            val_logits = _validation_logits(model, val_set, cfg, accelerator)
+            model.train()
+            m = classification_metrics(val_logits, val_set.labels)
+            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits),
+                                             torch.tensor(val_set.labels, dtype=torch.long)))
+            chunk = pd.DataFrame(parts)
+            rows.append({"step": step, "epoch": round(step / steps_per_pass, 3), "train_loss": chunk["loss"].mean(),
+                         "train_ce": chunk["ce"].mean(), "train_kl": chunk["kl"].mean(), "val_loss": val_loss,
+                         **{f"val_{k}": m[k] for k in ("accuracy", "macro_f1", "roc_auc")}})
+            parts = []
+            value = m[cfg.selection_metric]
+            if np.isfinite(value) and value > best["value"] + 1e-12:
+                best = {"value": value, "step": step, "logits": val_logits,
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                waited = 0
+            else:
+                waited += 1
+            eval_seconds += time.perf_counter() - t1
+            if cfg.patience and waited >= cfg.patience and step >= cfg.max_steps // 4:
+                stopped = step < cfg.max_steps
+                break
     if best["state"] is None:  # every evaluation gave NaN: keep the last weights
         best = {"step": step, "logits": _validation_logits(model, val_set, cfg, accelerator), "state": None}
     else:

@@ -14,6 +14,7 @@ bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -28,9 +29,20 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.config import defaults  # noqa: E402
+from helpers.fast_dropout import cpu_dropout  # noqa: E402
 from helpers.models import build_model, get_spec, vocabulary_ids  # noqa: E402
 from helpers.synthetic import generate_cases  # noqa: E402
-from helpers.training import CaseDataset, TrainConfig, autocast, batch_order, collate, encode, resolve_precision, train  # noqa: E402
+from helpers.training import (  # noqa: E402
+    CaseDataset,
+    TrainConfig,
+    _optimizer,
+    autocast,
+    batch_order,
+    collate,
+    encode,
+    resolve_precision,
+    train,
+)
 
 
 def _sync(device: str) -> None:
@@ -70,9 +82,11 @@ def bare_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarra
 
 
 def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndarray], lr: float, precision: str,
-                *, sparse: bool = False, compiled: bool = False, device: str = "cpu") -> float:
-    """Examples per second of the suite's step with one option changed: `sparse` = sparse word-embedding gradients
-    updated by SparseAdam (the rest by AdamW), `compiled` = the model under torch.compile."""
+                *, sparse: bool = False, compiled: bool = False, native_dropout: bool = False,
+                device: str = "cpu") -> float:
+    """Examples per second of the suite's step (fused AdamW with its parameter groups, the cheap CPU dropout) with
+    one option changed: `sparse` = sparse word-embedding gradients updated by SparseAdam (the rest by AdamW),
+    `compiled` = the model under torch.compile, `native_dropout` = PyTorch's own dropout masks."""
     model.to(device).train()
     emb = model.get_input_embeddings()
     if sparse:
@@ -80,20 +94,21 @@ def option_loop(model: torch.nn.Module, data: CaseDataset, batches: list[np.ndar
         rest = [p for p in model.parameters() if p is not emb.weight]
         opts = [torch.optim.SparseAdam([emb.weight], lr=lr), torch.optim.AdamW(rest, lr=lr, weight_decay=0.01)]
     else:
-        opts = [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, foreach=True)]
-    return _timed_steps(torch.compile(model) if compiled else model, data, batches, opts, precision, device)
+        opts = [_optimizer(model, lr, 0.01)]
+    with contextlib.nullcontext() if native_dropout else cpu_dropout(model):
+        return _timed_steps(torch.compile(model) if compiled else model, data, batches, opts, precision, device)
 
 
 def options(args: argparse.Namespace, data: CaseDataset, keep: list[int], teacher: torch.nn.Module,
             precision: str) -> None:
     """--options: the embedding and compilation options against the suite's own step, interleaved in one run."""
-    print(f"{'model':<22} {'suite (trimmed)':>15} {'full vocab':>11} {'full+sparse':>12} {'trim+compile':>13}   "
-          "(ratios to the suite)")
+    print(f"{'model':<22} {'suite (trimmed)':>15} {'full vocab':>11} {'full+sparse':>12} {'trim+compile':>13} "
+          f"{'native dropout':>15}   (ratios to the suite)")
     for name in args.models:
         spec = get_spec(name)
         lr = 1e-4 if spec.role == "teacher" else 1e-3
         batches = batch_order(len(data), 16, args.steps + 3, seed=0)
-        got: dict[str, list[float]] = {k: [] for k in ("suite", "full", "sparse", "compile")}
+        got: dict[str, list[float]] = {k: [] for k in ("suite", "full", "sparse", "compile", "native")}
         def fresh(trim: bool, spec=spec) -> torch.nn.Module:
             return build_model(spec, teacher=teacher, seed=0, keep_ids=keep if trim else None)
 
@@ -104,9 +119,12 @@ def options(args: argparse.Namespace, data: CaseDataset, keep: list[int], teache
                                              device=args.device))
             got["compile"].append(option_loop(fresh(True), data, batches, lr, precision, compiled=True,
                                               device=args.device))
+            got["native"].append(option_loop(fresh(True), data, batches, lr, precision, native_dropout=True,
+                                             device=args.device))
         med = {k: statistics.median(v) for k, v in got.items()}
         print(f"{name:<22} {med['suite']:>11.1f} ex/s {med['full'] / med['suite']:>10.2f}x "
-              f"{med['sparse'] / med['suite']:>11.2f}x {med['compile'] / med['suite']:>12.2f}x", flush=True)
+              f"{med['sparse'] / med['suite']:>11.2f}x {med['compile'] / med['suite']:>12.2f}x "
+              f"{med['native'] / med['suite']:>14.2f}x", flush=True)
 
 
 def suite_loop(model: torch.nn.Module, data: CaseDataset, steps: int, lr: float, precision: str,
