@@ -31,6 +31,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
         g = pd.read_csv(run / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
         g = g[(g["metric"] == "accuracy") & (g["against"] == "independent")]
         verdicts[tag] = {(r.model, r.arm): r.verdict.split(":")[0] for r in g.itertuples()}
+    lrs = {tag: _learning_rates(run) for tag, run in (("a", run_a), ("b", run_b))}
     rows = []
     for (model, mode), ga in pa.groupby(["model", "mode"], sort=False):
         gb = pb[(pb["model"] == model) & (pb["mode"] == mode)]
@@ -55,9 +56,30 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
                      "accuracy_b": float(np.mean(predicted_class(b, multi) == labels)),
                      "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
                      "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
-                     "agreement_ci_high": agr["ci_high"], "verdict_a": verdicts["a"].get((model, mode), ""),
+                     "agreement_ci_high": agr["ci_high"], "lr_a": lrs["a"].get((model, mode), np.nan),
+                     "lr_b": lrs["b"].get((model, mode), np.nan), "verdict_a": verdicts["a"].get((model, mode), ""),
                      "verdict_b": verdicts["b"].get((model, mode), "")})
     return pd.DataFrame(rows)
+
+
+def _learning_rates(run_dir: Path) -> dict[tuple[str, str], float]:
+    """The learning rate each student x arm trained with (models/student_runs.csv; chosen on seed 0's validation)."""
+    runs = pd.read_csv(run_dir / "models" / "student_runs.csv")
+    return {(r.model, r.mode): float(r.lr) for r in runs.drop_duplicates(["model", "mode"]).itertuples()}
+
+
+def confounds(table: pd.DataFrame) -> list[str]:
+    """What else differs between the two runs of a `compare_runs` table, row by row: today the learning rate, which
+    each run chooses for itself on seed 0's validation split. Where it differs, the row measures that choice as well
+    as the setting under comparison."""
+    notes = []
+    for r in table.itertuples():
+        if not np.isclose(r.lr_a, r.lr_b, rtol=1e-9, atol=0.0):
+            notes.append(f"{r.model} {r.mode}: learning rate {r.lr_a:g} in A, {r.lr_b:g} in B")
+    if notes:
+        notes.append("these rows compare the learning-rate choice as well as the setting; to compare the setting "
+                     "alone, rerun A with B's learning rates (-p student_lr_grid [...] -p student_lr_grid_warm [...])")
+    return notes
 
 
 def precisions(run_a: str | Path, run_b: str | Path) -> tuple[str, str]:

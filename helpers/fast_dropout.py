@@ -1,7 +1,8 @@
 """Dropout that is cheap on CPU: the same Bernoulli masks from 16-bit uniforms, for training steps only.
 
 Profiled on this 2-core CPU, one bf16 training step of the 6x384 teacher (batch 16, 64 tokens) spent 18% of its
-time in `aten::bernoulli_`: PyTorch's CPU dropout draws one 32-bit Mersenne-Twister number per element, serially.
+time in `aten::bernoulli_`: PyTorch's CPU dropout mask costs about 6 ns per element here (4.6 ms for one layer's
+attention probabilities).
 Here each element takes a 16-bit lane of a 64-bit draw instead (4 decisions per draw: the masks cost 7x less to
 draw, a whole dropout of the attention probabilities 3.4x less) and the mask is applied with one multiply. What a
 model is trained on does not change: every unit is still kept independently with probability 1 - p and scaled by

@@ -4,6 +4,8 @@ The loop is plain PyTorch rather than the transformers Trainer: for the small st
 bookkeeping cost more than a step of the 2x192 model, and the experiment needs things it does not give directly
 (a step budget shared by every arm, evaluation every N steps with patience, the validation logits of the best step,
 time spent inside training steps only, and a digest of the batch order to prove two arms saw the same batches).
+On CPU its steps draw dropout masks cheaply (helpers.fast_dropout: the same rates; a bf16 teacher step 19% shorter)
+and, on CPU and CUDA, step a fused AdamW (one kernel for every parameter).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.comparison import compare_runs, precisions  # noqa: E402
+from helpers.comparison import compare_runs, confounds, precisions  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +34,8 @@ def main() -> None:
     print(table.round(4).to_string(index=False))
     same = (table["verdict_a"] == table["verdict_b"]).all()
     print(f"\nverdicts {'identical' if same else 'DIFFER'} between the two runs")
+    for note in confounds(table):
+        print(f"not precision alone: {note}")
     if args.csv:
         table.to_csv(args.csv, index=False)
 
