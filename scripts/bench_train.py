@@ -2,7 +2,7 @@
 
 For each model (the default profile's teacher and students) both loops train the same architecture from the same
 seed on the same batches (synthetic cases, batch 16, max_len 64) and the script prints training examples per
-second inside training steps and the ratio suite / bare. The suite path is `helpers.training.train` with the
+second inside training steps and the ratio suite / bare. The suite path is `helpers.training.loop.train` with the
 run's precision (`auto`: bf16 autocast on CPUs with native bf16) and the trimmed vocabulary (teacher and students, as
 in the stages); the
 bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on the machine while it measures.
@@ -28,21 +28,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.config import defaults  # noqa: E402
-from helpers.fast_dropout import cpu_dropout  # noqa: E402
-from helpers.models import build_model, get_spec, vocabulary_ids  # noqa: E402
-from helpers.synthetic import generate_cases  # noqa: E402
-from helpers.training import (  # noqa: E402
-    CaseDataset,
-    TrainConfig,
-    _optimizer,
-    autocast,
-    batch_order,
-    collate,
-    encode,
-    resolve_precision,
-    train,
-)
+from helpers.config.profiles import defaults  # noqa: E402
+from helpers.models.build import build_model  # noqa: E402
+from helpers.models.specs import get_spec, vocabulary_ids  # noqa: E402
+from helpers.synthetic.generator import generate_cases  # noqa: E402
+from helpers.training.datasets import CaseDataset, batch_order, collate, encode
+from helpers.training.fast_dropout import cpu_dropout  # noqa: E402
+from helpers.training.loop import TrainConfig, _optimizer, train
+from helpers.training.precision import autocast, resolve_precision
 
 
 def _sync(device: str) -> None:

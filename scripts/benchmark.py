@@ -17,7 +17,7 @@ MAX_POSITIONS = 512
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed and checked arguments; exits with status 2 and a message naming the argument when one is bad."""
-    from helpers.models import PAPER_SPECS, REGISTRY
+    from helpers.models.specs import PAPER_SPECS, REGISTRY
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-len", type=int, default=128, help="tokens per input (1..512)")
@@ -66,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from helpers import benchmark
-    from helpers.models import get_spec
-    from helpers.notebook_setup import setup
+    from helpers.benchmark import timing as benchmark_timing
+    from helpers.models.specs import get_spec
+    from helpers.run.notebook_setup import setup
+    from helpers.stages import benchmark as stages_benchmark
 
     started = time.perf_counter()
     device = setup(threads=args.threads, device=args.device, quiet=True)
-    env = benchmark.environment(device)
+    env = benchmark_timing.environment(device)
     print(f"CPU: {env['cpu']} ({env['cores']} logical cores)   threads: {env['threads']}   device: {env['device']}"
           + (f" ({env['gpu']})" if env["gpu"] else ""))
     print(f"torch {env['torch']}   transformers {env['transformers']}   python {env['python']}   {env['date']}")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
           f"b32={args.warmup_b32}; models timed round-robin within each repeat\n")
 
     specs = [get_spec(name) for name in args.specs]
-    paper = benchmark.paper_table(specs, args.max_len, args.repeats, args.warmup, args.threads, device,
+    paper = benchmark_timing.paper_table(specs, args.max_len, args.repeats, args.warmup, args.threads, device,
                                   warmup_b32=args.warmup_b32)
     print(f"{'model':<20} {'shape':>6} {'params':>8} {'claimed':>8} {'b1 ms (median ±IQR)':>20} "
           f"{'b32 ms (median ±IQR)':>21} {'x b1':>6} {'x b32':>6} {'claimed':>8}")
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {note}")
 
     if args.run_dir is not None:
-        res = benchmark.benchmark_run(args.run_dir, max_len=args.max_len, repeats=args.repeats, warmup=args.warmup,
+        res = stages_benchmark.benchmark_run(args.run_dir, max_len=args.max_len, repeats=args.repeats,
+                                             warmup=args.warmup,
                                       threads=args.threads, device=device, seeds=args.seeds, paper_benchmark=False,
                                       write=args.write)
         cols = ["model", "mode", "seed", "size_mb", "latency_ms_b1", "latency_ms_b32", "latency_ms_b32_iqr",

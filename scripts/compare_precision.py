@@ -17,7 +17,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.comparison import compare_runs, confounds, precisions  # noqa: E402
+from helpers.report.comparison import compare_runs, confounds, precisions  # noqa: E402
 
 
 def main() -> None:

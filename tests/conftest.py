@@ -30,8 +30,8 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """A run folder produced by the runner on the smoke profile, stages 01 -> 05 (once per test session)."""
-    from helpers.config import resolve
-    from helpers.runner import run
+    from helpers.config.resolve import resolve
+    from helpers.run.runner import run
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     params = resolve("smoke", run_dir=str(run_dir))

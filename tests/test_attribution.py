@@ -8,8 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import agreement, attribution, attribution_stage, attribution_view
-from helpers.models import REGISTRY, build_model, save_model
+from helpers.attribution import agreement
+from helpers.attribution import integrated_gradients as attribution
+from helpers.models.build import build_model, save_model
+from helpers.models.specs import REGISTRY
+from helpers.stages import attribution as attribution_stage
+from helpers.views import attribution as attribution_view
 
 TEXTS = [
     "The petitioner argued the statute was unconstitutional and the court agreed with the petitioner.",

@@ -16,10 +16,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from helpers import benchmark
-from helpers.deployment import deploy
-from helpers.models import PAPER_SPECS, REGISTRY, build_model, count_params, save_model
-from helpers.training import collate, encode, predict_logits
+from helpers.benchmark import timing as benchmark_timing
+from helpers.benchmark.deployment import deploy
+from helpers.models.build import build_model, count_params, save_model
+from helpers.models.specs import PAPER_SPECS, REGISTRY
+from helpers.stages import benchmark as stages_benchmark
+from helpers.training.datasets import collate, encode
+from helpers.training.loop import predict_logits
+from helpers.views import benchmark as views_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -77,7 +81,7 @@ def fake_run(tmp_path_factory) -> Path:
 def test_time_interleaved_runs_round_robin_after_warmups():
     log: list[str] = []
     runners = {k: (lambda k=k: log.append(k)) for k in "abc"}
-    timings = benchmark.time_interleaved(runners, repeats=4, warmup={"a": 2, "b": 0, "c": 1}, device=CPU)
+    timings = benchmark_timing.time_interleaved(runners, repeats=4, warmup={"a": 2, "b": 0, "c": 1}, device=CPU)
     assert log[:3] == ["a", "a", "c"]
     timed = log[3:]
     assert len(timed) == 12
@@ -88,16 +92,16 @@ def test_time_interleaved_runs_round_robin_after_warmups():
 
 
 def test_timing_statistics():
-    t = benchmark.Timing((4.0, 1.0, 3.0, 2.0, 100.0))
+    t = benchmark_timing.Timing((4.0, 1.0, 3.0, 2.0, 100.0))
     assert t.median_ms == 3.0 and t.min_ms == 1.0 and t.max_ms == 100.0
     assert t.iqr_ms == pytest.approx(2.0)
     with pytest.raises(ValueError, match="repeats"):
-        benchmark.time_interleaved({"a": lambda: None}, repeats=0, warmup=0, device=CPU)
+        benchmark_timing.time_interleaved({"a": lambda: None}, repeats=0, warmup=0, device=CPU)
 
 
 def test_benchmark_models_gives_sane_figures(smoke_models):
     before = torch.get_num_threads()
-    table = benchmark.benchmark_models(smoke_models, max_len=32, repeats=5, warmup=1, threads=1, device="cpu",
+    table = benchmark_timing.benchmark_models(smoke_models, max_len=32, repeats=5, warmup=1, threads=1, device="cpu",
                                        reference="Bigger_4x256").set_index("model")
     assert torch.get_num_threads() == before  # pinning is undone afterwards
     assert list(table.index) == list(smoke_models)
@@ -115,7 +119,7 @@ def test_benchmark_models_gives_sane_figures(smoke_models):
 
 
 def test_paper_specs_are_the_seeds_six_with_claims():
-    specs = benchmark.paper_specs()
+    specs = benchmark_timing.paper_specs()
     assert [s.name for s in specs] == PAPER_SPECS
     assert all(s.init == "random" and s.claimed_params_m and s.claimed_speedup for s in specs)
     assert [s.claimed_params_m for s in specs] == [110, 66, 29, 14, 33, 11]
@@ -126,8 +130,8 @@ def test_paper_table_measured_vs_claimed(smoke_models):
     measured_m = count_params(smoke_models["Smoke_Teacher_2x64"])[0] / 1e6
     specs = [replace(teacher, claimed_params_m=measured_m, claimed_speedup=1.0),
              replace(REGISTRY["Smoke_Tiny_1x32"], claimed_params_m=500.0, claimed_speedup=2.0)]
-    paper = benchmark.paper_table(specs, max_len=16, repeats=3, warmup=1, threads=1, device="cpu")
-    assert list(paper.columns) == benchmark.PAPER_COLUMNS
+    paper = benchmark_timing.paper_table(specs, max_len=16, repeats=3, warmup=1, threads=1, device="cpu")
+    assert list(paper.columns) == benchmark_timing.PAPER_COLUMNS
     assert list(paper["name"]) == [s.name for s in specs]
     assert list(paper["claimed_params_m"]) == [measured_m, 500.0] and list(paper["claimed_speedup"]) == [1.0, 2.0]
     for spec, row in zip(specs, paper.itertuples()):
@@ -167,11 +171,11 @@ def test_deploy_variants_leave_the_model_alone(smoke_models):
 
 def test_benchmark_run_writes_the_documented_files(fake_run):
     paper = [REGISTRY["Smoke_Teacher_2x64"], REGISTRY["Smoke_Tiny_1x32"]]
-    res = benchmark.benchmark_run(fake_run, max_len=16, repeats=3, warmup=1, threads=1, device="cpu", seeds=(0,),
+    res = stages_benchmark.benchmark_run(fake_run, max_len=16, repeats=3, warmup=1, threads=1, device="cpu", seeds=(0,),
                                   paper=paper)
     out = fake_run / "benchmark"
     latency = pd.read_csv(out / "benchmark.csv")
-    assert list(latency.columns) == benchmark.BENCHMARK_COLUMNS
+    assert list(latency.columns) == benchmark_timing.BENCHMARK_COLUMNS
     assert list(zip(latency["model"], latency["mode"], latency["seed"])) == [
         ("Smoke_Teacher_2x64", "teacher", 0), ("Smoke_Tiny_1x32", "independent", 0),
         ("Smoke_Tiny_1x32", "distilled", 0)]
@@ -180,7 +184,7 @@ def test_benchmark_run_writes_the_documented_files(fake_run):
     # one timing per architecture: both modes share it
     assert latency.loc[1, "latency_ms_b32"] == latency.loc[2, "latency_ms_b32"]
     variants = pd.read_csv(out / "variants.csv")
-    assert list(variants.columns) == benchmark.VARIANT_COLUMNS and len(variants) == 3 * 3
+    assert list(variants.columns) == benchmark_timing.VARIANT_COLUMNS and len(variants) == 3 * 3
     fp32 = variants[variants["variant"] == "fp32"]
     assert (fp32["accuracy_change"] == 0).all() and (fp32["agreement_with_fp32"] == 1).all()
     assert (fp32["speedup_vs_fp32"] == 1).all()
@@ -190,16 +194,16 @@ def test_benchmark_run_writes_the_documented_files(fake_run):
     assert list(paper_csv["name"]) == [s.name for s in paper]
     env = json.loads((out / "environment.json").read_text())
     assert {"cpu", "threads", "torch", "device", "date"} <= set(env) and env["threads"] == 1
-    for fig, name in [(benchmark.plot_latency(res.latency, fake_run), "05_latency.png"),
-                      (benchmark.plot_paper_measured_vs_claimed(res.paper, fake_run),
+    for fig, name in [(views_benchmark.plot_latency(res.latency, fake_run), "05_latency.png"),
+                      (views_benchmark.plot_paper_measured_vs_claimed(res.paper, fake_run),
                        "05_paper_measured_vs_claimed.png"),
-                      (benchmark.plot_variants(res.variants, fake_run), "05_variants.png")]:
+                      (views_benchmark.plot_variants(res.variants, fake_run), "05_variants.png")]:
         assert isinstance(fig, Figure) and (fake_run / "figures" / name).stat().st_size > 0
 
 
 def test_benchmark_run_needs_models_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="models.json"):
-        benchmark.benchmark_run(tmp_path, max_len=16)
+        stages_benchmark.benchmark_run(tmp_path, max_len=16)
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -1,4 +1,4 @@
-"""Two runs compared row by row (helpers.comparison): paired differences, and what else differs between the runs."""
+"""Two runs compared row by row (helpers.report.comparison): paired differences, and what else differs between the runs."""
 from __future__ import annotations
 
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from helpers.comparison import compare_runs, confounds
+from helpers.report.comparison import compare_runs, confounds
 
 
 def test_a_run_compared_with_itself_differs_by_nothing_and_has_no_confounds(smoke_run):

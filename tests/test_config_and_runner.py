@@ -8,9 +8,11 @@ import nbformat
 import pytest
 
 from helpers.__main__ import main
-from helpers.config import ConfigError, defaults, resolve
-from helpers.runner import Stage, StageFailed, parameter_cell, run
-from helpers.sweep import combinations
+from helpers.config.profiles import defaults
+from helpers.config.resolve import resolve
+from helpers.core.errors import ConfigError
+from helpers.run.runner import Stage, StageFailed, parameter_cell, run
+from helpers.run.sweep import combinations
 
 
 def test_profiles_resolve_and_layer_over_default():

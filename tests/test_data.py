@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data
-from helpers.tokenization import get_tokenizer
+from helpers.core import constants as core_constants
+from helpers.core import errors as core_errors
+from helpers.data import baselines as data_baselines
+from helpers.data import rationales as data_rationales
+from helpers.data import schema as data_schema
+from helpers.data import splits as data_splits
+from helpers.data import store as data_store
+from helpers.models.tokenization import get_tokenizer
+from helpers.stages import data as stages_data
+from helpers.views import data as views_data
 
 matplotlib.use("Agg")
 
@@ -37,22 +45,22 @@ def assert_no_data_written(run_dir):
 
 def test_clean_facts_strips_tags_entities_and_whitespace():
     raw = "<p>The  officer&#39;s <i>Miranda</i> warning &amp; the\n search.</p>\n<p>Second&nbsp;paragraph.</p>"
-    assert data.clean_facts(raw) == "The officer's Miranda warning & the search. Second paragraph."
-    assert data.clean_facts("<p>one</p><p>two</p>") == "one two"
-    assert data.clean_facts(float("nan")) == ""
+    assert data_schema.clean_facts(raw) == "The officer's Miranda warning & the search. Second paragraph."
+    assert data_schema.clean_facts("<p>one</p><p>two</p>") == "one two"
+    assert data_schema.clean_facts(float("nan")) == ""
 
 
 def test_parse_labels_accepts_documented_spellings():
     values = pd.Series(["TRUE", "FALSE", "true", "false", "True", "False", "1", "0", "1.0", "0.0", "", " TRUE "])
-    parsed = data.parse_labels(values, "x.csv")
+    parsed = data_schema.parse_labels(values, "x.csv")
     assert parsed.iloc[:10].tolist() == [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]
     assert pd.isna(parsed.iloc[10]) and parsed.iloc[11] == 1
-    assert data.parse_labels(pd.Series([True, False, 1.0]), "x.csv").tolist() == [1, 0, 1]
+    assert data_schema.parse_labels(pd.Series([True, False, 1.0]), "x.csv").tolist() == [1, 0, 1]
 
 
 def test_parse_labels_reports_bad_values_with_rows():
-    with pytest.raises(data.DataError) as err:
-        data.parse_labels(pd.Series(["TRUE", "maybe", "FALSE", "yes"]), "cases.csv")
+    with pytest.raises(core_errors.DataError) as err:
+        data_schema.parse_labels(pd.Series(["TRUE", "maybe", "FALSE", "yes"]), "cases.csv")
     msg = str(err.value)
     assert "cases.csv" in msg and "'maybe'" in msg and "row 2" in msg and "row 4" in msg and "'yes'" in msg
 
@@ -115,20 +123,20 @@ def test_bad_input_raises_data_error_and_writes_nothing(tmp_path, kind):
     if make:
         make(path)
     run_dir = tmp_path / "runs" / "r"
-    with pytest.raises(data.DataError) as err:
-        data.prepare(run_dir, data_path=str(path))
+    with pytest.raises(core_errors.DataError) as err:
+        stages_data.prepare(run_dir, data_path=str(path))
     assert str(path) in str(err.value) and problem in str(err.value)
     assert_no_data_written(run_dir)
 
 
 def test_failed_prepare_leaves_an_earlier_good_run_untouched(tmp_path):
     run_dir = tmp_path / "runs" / "r"
-    data.prepare(run_dir, data_path=str(write_cases(tmp_path / "good.csv")))
+    stages_data.prepare(run_dir, data_path=str(write_cases(tmp_path / "good.csv")))
     before = {p.name: p.read_bytes() for p in (run_dir / "data").iterdir()}
     bad = tmp_path / "bad.csv"
     _bad_labels(bad)
-    with pytest.raises(data.DataError):
-        data.prepare(run_dir, data_path=str(bad))
+    with pytest.raises(core_errors.DataError):
+        stages_data.prepare(run_dir, data_path=str(bad))
     assert {p.name: p.read_bytes() for p in (run_dir / "data").iterdir()} == before
     assert [p.name for p in run_dir.parent.iterdir()] == ["r"]
 
@@ -136,16 +144,18 @@ def test_failed_prepare_leaves_an_earlier_good_run_untouched(tmp_path):
 @pytest.mark.parametrize("kwargs", [{"val_frac": 0.0}, {"test_frac": 1.2}, {"val_frac": 0.5, "test_frac": 0.5}])
 def test_invalid_split_fractions_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError, match="frac"):
-        data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "good.csv")), **kwargs)
+        stages_data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "good.csv")), **kwargs)
     assert not (tmp_path / "r").exists()
 
 
 def test_prepare_and_the_profile_validator_share_one_max_len_bound(tmp_path):
-    from helpers.config import MIN_MAX_LEN, ConfigError, resolve
+    from helpers.config.resolve import resolve
+    from helpers.core.constants import MIN_MAX_LEN
+    from helpers.core.errors import ConfigError
 
     good = str(write_cases(tmp_path / "good.csv"))
     with pytest.raises(ValueError, match=f"max_len must be at least {MIN_MAX_LEN}"):
-        data.prepare(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1)
+        stages_data.prepare(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1)
     with pytest.raises(ConfigError, match="max_len"):
         resolve("smoke", overrides=[("max_len", str(MIN_MAX_LEN - 1))])
     assert not (tmp_path / "r").exists()
@@ -155,12 +165,12 @@ def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
     extra = [{"ID": 999, "first_party": "", "second_party": "", "facts": "<p>Party names unknown here.</p>",
               "first_party_winner": "FALSE", "issue_area": "Privacy"}]
     path = write_cases(tmp_path / "c.csv", extra=extra)
-    data.prepare(tmp_path / "r", data_path=str(path), text_template="{facts} [{issue_area}, {term}]")
-    cases = pd.concat(data.load_splits(tmp_path / "r").values())
+    stages_data.prepare(tmp_path / "r", data_path=str(path), text_template="{facts} [{issue_area}, {term}]")
+    cases = pd.concat(data_store.load_splits(tmp_path / "r").values())
     row = cases.set_index("id").loc["100"]
     assert row["text"] == "Case 0 concerns contract number 0 and a dispute over wheat. [Economic Activity, 1999]"
-    data.prepare(tmp_path / "r2", data_path=str(path))
-    cases = pd.concat(data.load_splits(tmp_path / "r2").values()).set_index("id")
+    stages_data.prepare(tmp_path / "r2", data_path=str(path))
+    cases = pd.concat(data_store.load_splits(tmp_path / "r2").values()).set_index("id")
     assert cases.loc["100", "text"].startswith("Alpha0 v. Beta0. Case 0 concerns")
     assert cases.loc["999", "text"] == "v. . Party names unknown here."
     assert cases.loc["999", "first_party"] == "" and not cases["text"].str.contains("nan|LEAK").any()
@@ -172,7 +182,7 @@ def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
                                            ("{facts} {judge}", "judge")])
 def test_leaking_or_unknown_template_fields_are_refused(tmp_path, template, word):
     with pytest.raises(ValueError) as err:
-        data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "c.csv")), text_template=template)
+        stages_data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "c.csv")), text_template=template)
     assert "text_template" in str(err.value) and word in str(err.value)
     assert not (tmp_path / "r").exists()
 
@@ -189,8 +199,8 @@ def test_split_is_stratified_and_duplicates_never_straddle(tmp_path):
             extra.append({"ID": case_id, "first_party": "Local 7", "second_party": "Acme",
                           "facts": f"<p>{facts}</p>", "first_party_winner": label})
     path = write_cases(tmp_path / "c.csv", n_pos=120, n_neg=80, extra=extra)
-    card = data.prepare(tmp_path / "r", data_path=str(path))
-    splits = data.load_splits(tmp_path / "r")
+    card = stages_data.prepare(tmp_path / "r", data_path=str(path))
+    splits = data_store.load_splits(tmp_path / "r")
     found = pd.concat(splits.values())["id"]
     assert card["n_duplicates_removed"] == 6 and found.is_unique
     for ids in groups.values():
@@ -199,7 +209,7 @@ def test_split_is_stratified_and_duplicates_never_straddle(tmp_path):
         assert not dropped & set(found) and set(kept) <= set(found)
         assert len({s for s, df in splits.items() if df["id"].isin(kept).any()}) == 1
     overall = pd.concat(splits.values())["label"].mean()
-    for s in data.SPLITS:
+    for s in core_constants.SPLITS:
         assert abs(splits[s]["label"].mean() - overall) < 0.03
     assert card["n_val"] == pytest.approx(0.2 * len(found), abs=8)
 
@@ -208,18 +218,18 @@ def test_split_is_reproducible_and_seed_dependent(tmp_path):
     path = write_cases(tmp_path / "c.csv", n_pos=60, n_neg=40)
     ids = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        data.prepare(tmp_path / name, data_path=str(path), split_seed=seed)
-        ids[name] = data.load_splits(tmp_path / name)["test"]["id"].tolist()
+        stages_data.prepare(tmp_path / name, data_path=str(path), split_seed=seed)
+        ids[name] = data_store.load_splits(tmp_path / name)["test"]["id"].tolist()
     assert ids["a"] == ids["b"] and ids["a"] != ids["c"]
 
 
 def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
     run_dir = tmp_path / "run"
-    card = data.prepare(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64)
+    card = stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64)
     files = {p.name for p in (run_dir / "data").iterdir()}
     assert files == {"raw.csv", "raw_rationales.jsonl", "train.csv", "val.csv", "test.csv", "rationales.jsonl",
                      "data_card.json", "vocab.json", "classes.json"}
-    assert card == data.load_data_card(run_dir)
+    assert card == data_store.load_data_card(run_dir)
     keys = {"source", "n_raw", "n_dropped_blank_label", "n_dropped_empty_text", "n_duplicates_removed", "n_train",
             "n_val", "n_test", "majority_rate", "majority_label", "label_rate_by_split", "text_template", "max_len",
             "truncated_share", "split_seed", "val_frac", "test_frac", "baselines", "bayes_accuracy",
@@ -230,15 +240,15 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
         for s in ("val", "test"):
             assert set(card["baselines"][model][s]) == {"accuracy", "macro_f1", "roc_auc"}
     assert card["baselines"]["majority"]["test"]["roc_auc"] == 0.5
-    splits = data.load_splits(run_dir)
-    assert all(list(df.columns) == data.SPLIT_COLUMNS for df in splits.values())
+    splits = data_store.load_splits(run_dir)
+    assert all(list(df.columns) == data_schema.SPLIT_COLUMNS for df in splits.values())
     assert sum(len(df) for df in splits.values()) == card["n_raw"] - card["n_dropped_blank_label"] - card[
         "n_duplicates_removed"]
     row = splits["train"].iloc[0]
     assert isinstance(row["id"], str) and row["label"] in (0, 1)
     assert row["n_tokens"] == len(get_tokenizer()(row["text"])["input_ids"])
     assert card["truncated_share"]["train"] == round(float((splits["train"]["n_tokens"] > 64).mean()), 4)
-    spans = data.load_rationales(run_dir)
+    spans = data_rationales.load_rationales(run_dir)
     texts = pd.concat(splits.values()).set_index("id")["text"]
     assert set(spans) == set(texts.index)
     lines = [json.loads(x) for x in (run_dir / "data" / "rationales.jsonl").read_text().splitlines()]
@@ -252,25 +262,25 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
 
 def test_figures_tables_and_examples(tmp_path):
     run_dir = tmp_path / "run"
-    card = data.prepare(run_dir, synthetic_n=200, synthetic_seed=2)
-    splits = data.load_splits(run_dir)
-    data.plot_label_balance(splits, run_dir)
-    fig = data.plot_lengths(splits, 128, run_dir)
-    data.plot_issue_areas(splits, run_dir)
+    card = stages_data.prepare(run_dir, synthetic_n=200, synthetic_seed=2)
+    splits = data_store.load_splits(run_dir)
+    views_data.plot_label_balance(splits, run_dir)
+    fig = views_data.plot_lengths(splits, 128, run_dir)
+    views_data.plot_issue_areas(splits, run_dir)
     assert {p.name for p in (run_dir / "figures").iterdir()} == {
         "01_label_balance.png", "01_lengths.png", "01_issue_areas.png"}
     assert "truncated" in fig.axes[1].get_title()
-    table = data.baselines_table(card)
+    table = views_data.baselines_table(card)
     assert list(table.columns) == ["model", "split", "accuracy", "macro_f1", "roc_auc"]
-    assert set(table["model"]) == {"majority", "tfidf_logreg", data.BAYES_ORACLE, data.VISIBLE_RULE}
-    examples = data.example_cases(splits, n=3, run_dir=run_dir)
+    assert set(table["model"]) == {"majority", "tfidf_logreg", data_baselines.BAYES_ORACLE, data_baselines.VISIBLE_RULE}
+    examples = views_data.example_cases(splits, n=3, run_dir=run_dir)
     assert len(examples) == 3 and set(examples["label"]) == {0, 1} and "cues" in examples
-    assert data.baselines(splits)["tfidf_logreg"]["val"] == {
+    assert data_baselines.baselines(splits)["tfidf_logreg"]["val"] == {
         k: pytest.approx(v, abs=1e-4) for k, v in card["baselines"]["tfidf_logreg"]["val"].items()}
 
 
 def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
-    from helpers.synthetic import rule_prob
+    from helpers.synthetic.generator import rule_prob
 
     # one case whose only deciding cue sits after 60 words: cut away at max_len 16, seen at 512
     text = "the parties met again " * 12 + "the trial judge refused to hear the petitioner's witnesses"
@@ -278,13 +288,13 @@ def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
     case = pd.DataFrame({"text": [text], "issue_area": ["Civil Rights"]})
     rec = [{"spans": [[start, len(text), "hearing_denied"]]}]
     for max_len, seen in ((16, set()), (512, {"hearing_denied"})):
-        inside = data._spans_inside(case, rec, max_len)
+        inside = data_rationales._spans_inside(case, rec, max_len)
         assert inside == [[bool(seen)]]
-        assert data._visible_rule_prob(case, rec, inside) == [rule_prob("Civil Rights", seen)]
+        assert data_baselines._visible_rule_prob(case, rec, inside) == [rule_prob("Civil Rights", seen)]
     # through prepare: the oracle ignores max_len; the visible ceiling equals it when every cue is inside, and
     # falls below it when truncation hides cues
-    short = data.prepare(tmp_path / "short", synthetic_n=300, synthetic_seed=1, max_len=12)
-    long = data.prepare(tmp_path / "long", synthetic_n=300, synthetic_seed=1, max_len=512)
+    short = stages_data.prepare(tmp_path / "short", synthetic_n=300, synthetic_seed=1, max_len=12)
+    long = stages_data.prepare(tmp_path / "long", synthetic_n=300, synthetic_seed=1, max_len=512)
     assert short["bayes_accuracy"] == long["bayes_accuracy"]
     assert long["cue_within_max_len_share"] == 1.0 and long["visible_rule_accuracy"] == long["bayes_accuracy"]
     assert short["cue_within_max_len_share"] < 0.5
@@ -293,20 +303,20 @@ def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
 
 def test_absolute_split_sizes_and_the_synthetic_transfer_pool(tmp_path):
     run_dir = tmp_path / "run"
-    card = data.prepare(run_dir, synthetic_n=600, synthetic_seed=3, max_len=48, val_n=120, test_n=300,
+    card = stages_data.prepare(run_dir, synthetic_n=600, synthetic_seed=3, max_len=48, val_n=120, test_n=300,
                         synthetic_transfer_n=200)
     assert abs(card["n_val"] - 120) <= 2 and abs(card["n_test"] - 300) <= 2
-    transfer = data.load_transfer(run_dir)
+    transfer = data_store.load_transfer(run_dir)
     assert card["n_transfer"] == len(transfer) > 150 and list(transfer.columns) == ["id", "text", "issue_area",
                                                                                    "n_tokens"]
     assert transfer["id"].str.startswith("T").all() and transfer["id"].is_unique
-    labelled = pd.concat(data.load_splits(run_dir).values())
+    labelled = pd.concat(data_store.load_splits(run_dir).values())
     key = lambda t: t.str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()  # noqa: E731
     assert not set(key(transfer["text"])) & set(key(labelled["text"]))  # no near-duplicate of a labelled case
     assert "label" not in transfer.columns and "first_party_winner" not in transfer.columns
     truth = pd.read_csv(run_dir / "data" / "transfer_truth.csv", dtype={"id": str})
     assert set(truth["id"]) <= set(transfer["id"]) and set(truth["label"]) <= {0, 1}
-    vocab = data.load_vocabulary(run_dir)
+    vocab = data_store.load_vocabulary(run_dir)
     used = {i for t in list(labelled["text"]) + list(transfer["text"])
             for i in get_tokenizer()(t, truncation=True, max_length=48)["input_ids"]}
     assert used <= set(vocab) and {0, 100, 101, 102, 103} <= set(vocab) and card["vocabulary_size"] == len(vocab)
@@ -320,12 +330,12 @@ def test_transfer_csv_labels_are_ignored_and_sizes_too_large_are_refused(tmp_pat
                   for i in range(10)] + [{"ID": 100, "first_party": "Alpha0", "second_party": "Beta0",
                                           "facts": "<p>Case 0 concerns contract number 0 and a dispute over wheat.</p>",
                                           "first_party_winner": "TRUE"}]).to_csv(pool, index=False)
-    card = data.prepare(tmp_path / "run", data_path=str(path), transfer_path=str(pool))
+    card = stages_data.prepare(tmp_path / "run", data_path=str(path), transfer_path=str(pool))
     assert card["n_transfer"] == 10 and card["transfer_source"].endswith("pool.csv")
     assert card["n_transfer_dropped_overlap"] == 1  # a copy of a labelled case never enters the pool
     assert not (tmp_path / "run" / "data" / "transfer_truth.csv").exists()
-    with pytest.raises(data.DataError, match="val_n"):
-        data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
+    with pytest.raises(core_errors.DataError, match="val_n"):
+        stages_data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
     assert not (tmp_path / "run2" / "data").exists()
 
 
@@ -342,7 +352,7 @@ def test_a_near_duplicate_group_with_both_labels_stays_in_one_split():
             groups.append(f"mixed-{g}")
     labels, groups = pd.Series(labels), pd.Series(groups)
     for seed in range(5):
-        split = data.stratified_group_split(labels, groups, val_frac=0.2, test_frac=0.2, seed=seed)
+        split = data_splits.stratified_group_split(labels, groups, val_frac=0.2, test_frac=0.2, seed=seed)
         assert split.notna().all() and set(split) == {"train", "val", "test"}
         per_group = split.groupby(groups).nunique()
         assert (per_group == 1).all(), per_group[per_group > 1]

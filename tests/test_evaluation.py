@@ -6,17 +6,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from helpers.evaluation import (
-    _metric_from_probs,
-    classification_metrics,
-    expected_calibration_error,
-    holm,
-    is_collapsed,
-    kd_gain_table,
-    paired_difference,
-    predicted_class,
-    verdict,
-)
+from helpers.evaluation.metrics import classification_metrics, expected_calibration_error, is_collapsed, predicted_class
+from helpers.evaluation.verdicts import _metric_from_probs, holm, kd_gain_table, paired_difference, verdict
 
 
 def test_fast_metrics_equal_sklearn():
@@ -136,7 +127,7 @@ def test_verdict_lines():
 
 
 def test_a_tie_goes_to_class_0_from_logits_and_from_probabilities(tmp_path):
-    from helpers.checkpoints import teacher_predictions
+    from helpers.training.checkpoints import teacher_predictions
 
     tied = np.zeros((3, 2))  # equal logits: P(label = 1) = 0.5 exactly
     labels = np.array([0, 0, 1])
@@ -154,14 +145,15 @@ def test_a_tie_goes_to_class_0_from_logits_and_from_probabilities(tmp_path):
 
 
 def test_auc_is_nan_only_when_a_split_holds_one_class():
-    from helpers import data
-    from helpers.evaluation import safe_auc
+    from helpers.data import baselines as data_baselines
+    from helpers.evaluation.metrics import safe_auc
+    from helpers.stages import data as stages_data
 
     both, one = np.array([0, 1, 1, 0]), np.ones(4, dtype=int)
     constant = np.zeros(4, dtype=int)  # the majority-class baseline: a constant score, every pair a tie
-    assert data._metrics(both, constant, None)["roc_auc"] == 0.5 == safe_auc(both, constant)
-    assert np.isnan(data._metrics(one, constant, None)["roc_auc"]) and np.isnan(safe_auc(one, np.arange(4)))
-    assert data._round({"roc_auc": float("nan"), "accuracy": 0.123456}) == {"roc_auc": None, "accuracy": 0.1235}
+    assert data_baselines._metrics(both, constant, None)["roc_auc"] == 0.5 == safe_auc(both, constant)
+    assert np.isnan(data_baselines._metrics(one, constant, None)["roc_auc"]) and np.isnan(safe_auc(one, np.arange(4)))
+    assert stages_data._round({"roc_auc": float("nan"), "accuracy": 0.123456}) == {"roc_auc": None, "accuracy": 0.1235}
 
 
 def test_kd_gain_table_compares_the_chain_with_independent_and_with_direct_distillation():

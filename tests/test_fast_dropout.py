@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.fast_dropout import CpuDropout, _attention, cpu_dropout, drop, effective_p, keep_mask
-from helpers.models import REGISTRY, build_model
-from helpers.training import collate, encode
+from helpers.models.build import build_model
+from helpers.models.specs import REGISTRY
+from helpers.training.datasets import collate, encode
+from helpers.training.fast_dropout import CpuDropout, _attention, cpu_dropout, drop, effective_p, keep_mask
 
 
 def test_keep_mask_keeps_each_element_with_probability_one_minus_p_independently():

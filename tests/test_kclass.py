@@ -10,11 +10,18 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from helpers import data, evaluation
-from helpers.config import ConfigError, resolve
-from helpers.evaluation import classification_metrics, is_collapsed, kd_gain_table, paired_difference, softmax
-from helpers.synthetic import generate_cases
-from helpers.training import distillation_loss
+from helpers.config.resolve import resolve
+from helpers.core import constants as core_constants
+from helpers.core.errors import ConfigError
+from helpers.data import schema as data_schema
+from helpers.data import store as data_store
+from helpers.evaluation import metrics as evaluation_metrics
+from helpers.evaluation import verdicts as evaluation_verdicts
+from helpers.evaluation.metrics import classification_metrics, is_collapsed, softmax
+from helpers.evaluation.verdicts import kd_gain_table, paired_difference
+from helpers.stages import data as stages_data
+from helpers.synthetic.generator import generate_cases
+from helpers.training.losses import distillation_loss
 
 
 def write_areas(path, counts: dict[str, int], blank: int = 0):
@@ -34,21 +41,22 @@ def write_areas(path, counts: dict[str, int], blank: int = 0):
 def test_rare_classes_merge_into_other_and_are_counted(tmp_path):
     path = write_areas(tmp_path / "areas.csv", {"Civil Rights": 60, "Criminal Procedure": 90, "Unions": 40,
                                                 "Privacy": 12, "Attorneys": 9}, blank=5)
-    card = data.prepare(tmp_path / "run", data_path=str(path), task="issue_area", min_class_count=20, max_len=32)
+    card = stages_data.prepare(tmp_path / "run", data_path=str(path), task="issue_area", min_class_count=20, max_len=32)
     assert card["n_dropped_blank_label"] == 5
     assert card["classes"] == ["Criminal Procedure", "Civil Rights", "Unions", "Other"]  # by frequency, Other last
     assert card["merged_into_other"] == {"Attorneys": 9, "Privacy": 12} and card["n_dropped_rare_class"] == 0
-    assert sum(card["class_counts"][s]["Other"] for s in data.SPLITS) == 21
-    classes = data.load_classes(tmp_path / "run")
+    assert sum(card["class_counts"][s]["Other"] for s in core_constants.SPLITS) == 21
+    classes = data_store.load_classes(tmp_path / "run")
     assert classes == {"task": "issue_area", "label_column": "issue_area", "classes": card["classes"]}
-    splits = data.load_splits(tmp_path / "run")
+    splits = data_store.load_splits(tmp_path / "run")
     test = splits["test"]
     # the label is the class id; the issue_area column keeps the original (unmerged) area
     assert set(test.loc[test["issue_area"].isin(["Privacy", "Attorneys"]), "label"]) <= {3}
     assert card["baselines"]["majority"]["test"]["accuracy"] == pytest.approx(
         (test["label"] == 0).mean(), abs=1e-4)
 
-    card = data.prepare(tmp_path / "run2", data_path=str(path), task="issue_area", min_class_count=20, max_len=32,
+    card = stages_data.prepare(tmp_path / "run2", data_path=str(path), task="issue_area", min_class_count=20,
+                               max_len=32,
                         rare_classes="drop")
     assert card["classes"] == ["Criminal Procedure", "Civil Rights", "Unions"]
     assert card["n_dropped_rare_class"] == 21 and card["dropped_classes"] == {"Attorneys": 9, "Privacy": 12}
@@ -56,13 +64,13 @@ def test_rare_classes_merge_into_other_and_are_counted(tmp_path):
 
 
 def test_k_class_split_is_stratified_with_every_class_in_every_split(tmp_path):
-    card = data.prepare(tmp_path / "run", synthetic_n=700, synthetic_seed=3, max_len=32, task="issue_area",
+    card = stages_data.prepare(tmp_path / "run", synthetic_n=700, synthetic_seed=3, max_len=32, task="issue_area",
                         val_n=120, test_n=200)
-    splits = data.load_splits(tmp_path / "run")
+    splits = data_store.load_splits(tmp_path / "run")
     k = len(card["classes"])
     assert k >= 5 and card["task"] == "issue_area"
-    shares = {s: np.bincount(splits[s]["label"], minlength=k) / len(splits[s]) for s in data.SPLITS}
-    for s in data.SPLITS:
+    shares = {s: np.bincount(splits[s]["label"], minlength=k) / len(splits[s]) for s in core_constants.SPLITS}
+    for s in core_constants.SPLITS:
         assert (np.bincount(splits[s]["label"], minlength=k) > 0).all(), s
         assert np.abs(shares[s] - shares["train"]).max() < 0.03, s  # stratified: the same class mix everywhere
     assert "bayes_accuracy" not in card and not (tmp_path / "run" / "data" / "rationales.jsonl").exists()
@@ -71,8 +79,8 @@ def test_k_class_split_is_stratified_with_every_class_in_every_split(tmp_path):
 
 def test_a_template_naming_the_label_column_is_refused():
     with pytest.raises(ValueError, match="text_template.*issue_area"):
-        data.check_template("{facts} ({issue_area})", "issue_area")
-    assert data.check_template("{facts} ({issue_area})") == ["facts", "issue_area"]  # fine for the outcome task
+        data_schema.check_template("{facts} ({issue_area})", "issue_area")
+    assert data_schema.check_template("{facts} ({issue_area})") == ["facts", "issue_area"]  # fine for the outcome task
     with pytest.raises(ConfigError, match="parameter text_template"):
         resolve("smoke", overrides={"task": "issue_area", "text_template": "Area {issue_area}. {facts}"})
     with pytest.raises(ConfigError, match="parameter task"):
@@ -88,7 +96,7 @@ def test_the_outcome_generator_is_unchanged_and_the_area_signal_overlaps():
     area, _ = generate_cases(200, 7, task="issue_area")
     assert (area["issue_area"] == "").sum() <= 5 and (area["facts"] != df["facts"]).any()
     # area vocabulary appears in cases of other (related) areas too: no single giveaway phrase
-    from helpers.synthetic import AREA_TERMS
+    from helpers.synthetic.generator import AREA_TERMS
 
     term = AREA_TERMS["Due Process"][1]
     big, _ = generate_cases(1500, 7, task="issue_area")
@@ -121,10 +129,11 @@ def test_k_class_metrics_match_scikit_learn():
     skewed[:, 2] = 0.0
     for p in (probs, skewed):
         pred = p.argmax(1)
-        assert evaluation._metric_from_probs("macro_f1", p, labels, pred) == pytest.approx(
+        assert evaluation_verdicts._metric_from_probs("macro_f1", p, labels, pred) == pytest.approx(
             f1_score(labels, pred, average="macro", zero_division=0))
-        assert evaluation._metric_from_probs("accuracy", p, labels, pred) == pytest.approx(accuracy_score(labels, pred))
-    assert evaluation._metric_from_probs("roc_auc", probs, labels, preds) == pytest.approx(m["roc_auc"])
+        expected = pytest.approx(accuracy_score(labels, pred))
+        assert evaluation_verdicts._metric_from_probs("accuracy", p, labels, pred) == expected
+    assert evaluation_verdicts._metric_from_probs("roc_auc", probs, labels, preds) == pytest.approx(m["roc_auc"])
 
 
 def test_collapse_gate_and_gains_work_for_k_classes():
@@ -142,12 +151,12 @@ def test_collapse_gate_and_gains_work_for_k_classes():
             rows += [{"model": "S", "mode": mode, "seed": seed, "id": str(i), "label": int(labels[i]),
                       **{f"prob_{c}": p[i, c] for c in range(k)}} for i in range(n)]
     preds = pd.DataFrame(rows)
-    assert evaluation.prob_columns(preds) == ["prob_0", "prob_1", "prob_2"]
+    assert evaluation_metrics.prob_columns(preds) == ["prob_0", "prob_1", "prob_2"]
     gain = kd_gain_table(preds, ["S"], pd.Series(labels, index=[str(i) for i in range(n)]), meaningful=True,
                          n_boot=50)
     acc = gain[gain["metric"] == "accuracy"].iloc[0]
     assert acc["diff"] > 0.1 and acc["verdict"].startswith("distillation helped")
-    assert set(gain["metric"]) == set(evaluation.GAIN_METRICS) and gain["diff"].notna().all()
+    assert set(gain["metric"]) == set(evaluation_verdicts.GAIN_METRICS) and gain["diff"].notna().all()
     pa = np.stack([preds.query("mode == 'independent' and seed == @s")[["prob_0", "prob_1", "prob_2"]].to_numpy()
                    for s in (0, 1, 2)])
     same = paired_difference(pa, pa, labels, labels, "macro_f1", n_boot=20)
@@ -170,8 +179,10 @@ def test_kd_loss_matches_a_hand_computation_for_three_classes():
 
 
 def test_k_class_models_give_logits_of_k_columns():
-    from helpers.models import build_model, get_spec
-    from helpers.training import encode, predict_logits
+    from helpers.models.build import build_model
+    from helpers.models.specs import get_spec
+    from helpers.training.datasets import encode
+    from helpers.training.loop import predict_logits
 
     teacher = build_model(get_spec("Smoke_Teacher_2x64"), num_labels=5, seed=0)
     student = build_model(get_spec("Smoke_Half_1x64"), teacher=teacher, num_labels=teacher.config.num_labels)
@@ -181,8 +192,8 @@ def test_k_class_models_give_logits_of_k_columns():
 
 # ---------------------------------------------------------------- one pipeline run of the issue-area task
 def test_issue_area_pipeline_writes_k_class_artefacts(tmp_path):
-    from helpers.runner import run
-    from helpers.teacher_logits import load_teacher_logits
+    from helpers.run.runner import run
+    from helpers.training.teacher_logits import load_teacher_logits
 
     run_dir = tmp_path / "issue_area"
     params = resolve("smoke", run_dir=str(run_dir), overrides={
@@ -195,17 +206,17 @@ def test_issue_area_pipeline_writes_k_class_artefacts(tmp_path):
     classes = json.loads((run_dir / "data" / "classes.json").read_text())["classes"]
     assert summary["task"] == "issue_area" and summary["classes"] == classes and len(classes) > 2
     assert "Other" in classes and summary["data"]["merged_into_other"]  # the smoke corpus has rare areas
-    cases = data.load_cases(run_dir)
+    cases = data_store.load_cases(run_dir)
     logits = load_teacher_logits(run_dir, cases, params["max_len"])
     for split, z in logits.items():
         assert z.shape == (len(cases[split]), len(classes)), split
     preds = pd.read_csv(run_dir / "models" / "predictions.csv")
-    assert evaluation.prob_columns(preds) == [f"prob_{k}" for k in range(len(classes))]
-    assert np.allclose(preds[evaluation.prob_columns(preds)].sum(axis=1), 1.0, atol=1e-4)
+    assert evaluation_metrics.prob_columns(preds) == [f"prob_{k}" for k in range(len(classes))]
+    assert np.allclose(preds[evaluation_metrics.prob_columns(preds)].sum(axis=1), 1.0, atol=1e-4)
     metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
     assert "top_class_share" in metrics and metrics["roc_auc"].notna().all()
     gain = pd.read_csv(run_dir / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     assert {"distilled", "distilled_transfer"} == set(gain["arm"]) and set(gain["metric"]) == set(
-        evaluation.GAIN_METRICS)
+        evaluation_verdicts.GAIN_METRICS)
     for fig in ("02_teacher_confusion", "03_soft_targets", "03_losses"):
         assert (run_dir / "figures" / f"{fig}.png").is_file(), fig

@@ -19,13 +19,14 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import data
-from helpers.config import resolve
-from helpers.launcher import launch_command
-from helpers.models import build_model, get_spec, save_model
-from helpers.students import run_student_stage
-from helpers.teacher import run_teacher_stage
-from helpers.tokenization import get_tokenizer
+from helpers.config.resolve import resolve
+from helpers.models.build import build_model, save_model
+from helpers.models.specs import get_spec
+from helpers.models.tokenization import get_tokenizer
+from helpers.parallel.launcher import launch_command
+from helpers.stages import data
+from helpers.stages.students import run_student_stage
+from helpers.stages.teacher import run_teacher_stage
 
 TEACHER, STUDENT = "Smoke_Teacher_2x64", "Smoke_Half_1x64"
 TOL_METRIC = 1e-3  # any accuracy, macro-F1 or AUC (val, test), one vs two processes: at 150/250 cases, no flip
@@ -124,8 +125,9 @@ def _tiny_training(out: str | None) -> dict[str, np.ndarray]:
     from accelerate import Accelerator
     from transformers import BertForSequenceClassification
 
-    from helpers.models import config_for
-    from helpers.training import CaseDataset, TrainConfig, train
+    from helpers.models.build import config_for
+    from helpers.training.datasets import CaseDataset
+    from helpers.training.loop import TrainConfig, train
 
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True) if out else None
@@ -165,7 +167,7 @@ def test_launch_command_flags():
     cmd = launch_command("spec.json", 2, "cpu")
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--mixed_precision"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2" and "--main_process_port" in cmd
-    assert cmd[-3:] == ["-m", "helpers.launcher", "spec.json"]
+    assert cmd[-3:] == ["-m", "helpers.stages.worker", "spec.json"]
     assert "--multi_gpu" not in launch_command("spec.json", 1, "cpu")
     assert "--num_processes" not in launch_command("spec.json", 0, "cuda")  # accelerate's config decides
     with pytest.raises(ValueError, match="processes"):
@@ -173,7 +175,7 @@ def test_launch_command_flags():
 
 
 def test_launcher_parameters_are_checked_before_any_work():
-    from helpers.config import ConfigError
+    from helpers.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="launcher"):
         resolve("smoke", overrides={"launcher": "torchrun"})

@@ -8,22 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.evaluation import softmax
-from helpers.models import REGISTRY, build_model
-from helpers.training import (
-    ARMS,
-    CaseDataset,
-    TrainConfig,
-    _arm_loss,
-    autocast,
-    batch_order,
-    collate,
-    distillation_loss,
-    encode,
-    predict_logits,
-    resolve_precision,
-    train,
-)
+from helpers.core.constants import ARMS
+from helpers.evaluation.metrics import softmax
+from helpers.models.build import build_model
+from helpers.models.specs import REGISTRY
+from helpers.training.datasets import CaseDataset, batch_order, collate, encode
+from helpers.training.loop import TrainConfig, predict_logits, train
+from helpers.training.losses import _arm_loss, distillation_loss
+from helpers.training.precision import autocast, resolve_precision
 
 
 def _hand_kd(s, t, y, alpha, T, labelled=None):
@@ -114,19 +106,20 @@ def test_same_seed_gives_identical_results():
 
 
 def test_arms_start_from_identical_weights_and_see_identical_batches(monkeypatch):
-    import helpers.training as training
+    from helpers.training import datasets as training_datasets
+    from helpers.training import loop as training_loop
 
     seen: dict[str, list] = {"independent": [], "distilled": []}
     starts: dict[str, dict] = {}
-    real_collate = training.collate
+    real_collate = training_datasets.collate
 
     def spy(batch):
         out = real_collate(batch)
         seen[current].append(out["input_ids"].clone())
         return out
 
-    monkeypatch.setattr(training, "collate", spy)
-    real_train = training.train
+    monkeypatch.setattr(training_loop, "collate", spy)
+    real_train = training_loop.train
     for current in ("independent", "distilled"):
         model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=5)
         starts[current] = {k: v.clone() for k, v in model.state_dict().items()}
@@ -199,8 +192,8 @@ def test_predict_logits_batches_by_length_but_returns_input_order():
 
 
 def test_predict_logits_takes_padded_tensors_and_a_deployed_variant():
-    from helpers.deployment import deploy, predict_proba
-    from helpers.training import collate
+    from helpers.benchmark.deployment import deploy, predict_proba
+    from helpers.training.datasets import collate
 
     enc, _ = _tiny_data(n=9)
     model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0).eval()

@@ -7,17 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.models import (
-    PAPER_SPECS,
-    REGISTRY,
-    ModelSourceError,
-    build_model,
-    count_params,
-    get_spec,
-    load_model,
-    load_spec,
-    save_model,
-)
+from helpers.models.build import build_model, count_params, load_model, load_spec, save_model
+from helpers.models.specs import PAPER_SPECS, REGISTRY, ModelSourceError, get_spec
 
 # Parameter counts in millions (total, non-embedding) with the bert-base-uncased vocabulary and 2 labels;
 # MEASURED.md has the same to one decimal. The seed claimed 110 / 66 / 29 / 14 / 33 / 11.
@@ -84,7 +75,7 @@ def test_teacher_layers_copies_every_kth_layer():
 
 
 def test_teacher_layers_into_distilbert():
-    from helpers.models import init_from_teacher_layers
+    from helpers.models.build import init_from_teacher_layers
 
     teacher = build_model(replace(REGISTRY["Smoke_Teacher_2x64"]), seed=0)
     spec = replace(REGISTRY["Smoke_Half_1x64"], family="distilbert", init="random")
@@ -97,8 +88,10 @@ def test_teacher_layers_into_distilbert():
 
 
 def test_trimmed_vocabulary_computes_exactly_what_the_full_model_does_and_round_trips(tmp_path):
-    from helpers.models import TrimmedEmbedding, full_vocabulary_params, load_model, save_model, vocabulary_ids
-    from helpers.training import encode, predict_logits
+    from helpers.models.build import TrimmedEmbedding, full_vocabulary_params, load_model, save_model
+    from helpers.models.specs import vocabulary_ids
+    from helpers.training.datasets import encode
+    from helpers.training.loop import predict_logits
 
     corpus = encode(["the court reversed the warrant", "petitioner appealed the statute of the state"], 16)
     keep = vocabulary_ids(corpus)
@@ -119,8 +112,9 @@ def test_trimmed_vocabulary_computes_exactly_what_the_full_model_does_and_round_
 
 
 def test_teacher_layer_init_works_into_a_trimmed_student():
-    from helpers.models import vocabulary_ids
-    from helpers.training import encode, predict_logits
+    from helpers.models.specs import vocabulary_ids
+    from helpers.training.datasets import encode
+    from helpers.training.loop import predict_logits
 
     corpus = encode(["the court reversed the warrant"], 16)
     teacher = build_model(REGISTRY["Smoke_Teacher_2x64"], seed=0)
@@ -134,7 +128,7 @@ def _tiny_bert_with_tokenizer(folder, vocab_edit=None):
     `save_pretrained` into one folder (what a user does to run the paper profile without a hub)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from helpers.tokenization import get_tokenizer
+    from helpers.models.tokenization import get_tokenizer
 
     spec = REGISTRY["Smoke_Teacher_2x64"]
     torch.manual_seed(3)

@@ -11,9 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.config import REPO_ROOT, defaults, profile_path, read_yaml
-from helpers.notebook_setup import work_from_project_root
-from helpers.runner import (
+from helpers.config.profiles import defaults, profile_path, read_yaml
+from helpers.core.paths import REPO_ROOT
+from helpers.run.notebook_setup import work_from_project_root
+from helpers.run.runner import (
     HASH_EXCLUDED,
     QUIET_KERNEL,
     _kernel_environment,
@@ -22,7 +23,7 @@ from helpers.runner import (
     manifest_path,
     parameter_cell,
 )
-from helpers.staleness import check_run_folder, infer_stage
+from helpers.run.staleness import check_run_folder, infer_stage
 
 STAGES = discover_stages()
 
@@ -108,7 +109,7 @@ def test_a_hand_run_with_new_values_makes_the_runner_redo_the_stage(tmp_path, ca
 
 
 def test_a_kernel_started_by_the_runner_records_nothing(tmp_path, monkeypatch):
-    from helpers.runner import RUNNER_ENV
+    from helpers.run.runner import RUNNER_ENV
 
     monkeypatch.setenv(RUNNER_ENV, "1")
     check_run_folder(tmp_path / "run", _declared(0), stage="01")

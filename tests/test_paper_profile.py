@@ -11,10 +11,10 @@ import json
 import pandas as pd
 import pytest
 
-from helpers.config import resolve
-from helpers.models import PAPER_SPECS
-from helpers.runner import run
-from helpers.training import ARMS as TRAINING_ARMS
+from helpers.config.resolve import resolve
+from helpers.core.constants import ARMS as TRAINING_ARMS
+from helpers.models.specs import PAPER_SPECS
+from helpers.run.runner import run
 
 TINY = {
     "model_overrides": dict.fromkeys(PAPER_SPECS, "random"),

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import yaml
 
-from helpers.config import resolve
-from helpers.runner import run
+from helpers.config.resolve import resolve
+from helpers.run.runner import run
 
 
 def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
@@ -78,7 +78,7 @@ def test_rerun_with_same_parameters_skips_everything(smoke_run):
 
 
 def test_sweep_reruns_only_the_student_stage(smoke_run):
-    from helpers.sweep import sweep
+    from helpers.run.sweep import sweep
 
     table = sweep([("alpha", "0.2,0.8")], profile="smoke", run_dir=str(smoke_run))
     sweep_dir = smoke_run.parent / f"{smoke_run.name}-sweep"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from helpers.progress import Progress, QueueFile, clock_text, progress, relay
+from helpers.core.progress import Progress, QueueFile, clock_text, progress, relay
 
 
 class FakeClock:

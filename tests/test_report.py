@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import report, report_figures, report_tables
-from helpers.config import REPO_ROOT
-from helpers.evaluation import verdict
-from helpers.report_html import render_report
-from helpers.runner import parameter_cell
-from helpers.summary_schema import SummaryError, schema_errors, validate_summary
+from helpers.core.paths import REPO_ROOT
+from helpers.evaluation.verdicts import verdict
+from helpers.report import figures as report_figures
+from helpers.report import summary as report
+from helpers.report import tables as report_tables
+from helpers.report.html import render_report
+from helpers.report.schema import SummaryError, schema_errors, validate_summary
+from helpers.run.runner import parameter_cell
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_report.ipynb"
 EVIL = '<script>alert("case")</script>'
@@ -295,8 +297,8 @@ def test_parameters_match_the_default_profile() -> None:
 
 
 def test_report_notebook_renders_summary_and_report(smoke_run: Path) -> None:
-    from helpers.config import resolve
-    from helpers.runner import run
+    from helpers.config.resolve import resolve
+    from helpers.run.runner import run
 
     # `smoke_run` (tests/conftest.py) ran 01 -> 05 through the runner; asking for 05 again finds it up to date
     assert run(resolve("smoke", run_dir=str(smoke_run)), only="05", log_output=False)[0]["status"] == "skipped"

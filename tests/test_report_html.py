@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers.report_html import LONG_NOTE, STYLE, table_html
+from helpers.report.html import LONG_NOTE, STYLE, table_html
 
 NOTE = "measured speed-up is far below the claim: the seed counted the embedding matrix out of the parameters " * 2
 WIDE = pd.DataFrame({

@@ -9,8 +9,9 @@ import nbformat
 import pytest
 import yaml
 
-from helpers.config import REPO_ROOT, defaults
-from helpers.runner import discover_stages, parameter_cell
+from helpers.config.profiles import defaults
+from helpers.core.paths import REPO_ROOT
+from helpers.run.runner import discover_stages, parameter_cell
 
 NOTEBOOKS = discover_stages()
 
@@ -59,7 +60,8 @@ def test_environment_yml_lists_the_same_pins_as_pyproject():
 def test_stage_functions_take_everything_after_run_dir_by_keyword():
     import inspect
 
-    from helpers import attribution_stage, benchmark, data, students, teacher
+    from helpers.stages import attribution as attribution_stage
+    from helpers.stages import benchmark, data, students, teacher
 
     for fn in (data.prepare, teacher.run_teacher_stage, students.run_student_stage,
                attribution_stage.run_attribution_stage, benchmark.benchmark_run):

@@ -8,8 +8,9 @@ import nbformat
 import pytest
 
 from helpers.__main__ import main
-from helpers.config import ConfigError, defaults
-from helpers.runner import Stage, StageFailed, run
+from helpers.config.profiles import defaults
+from helpers.core.errors import ConfigError
+from helpers.run.runner import Stage, StageFailed, run
 
 
 def _stage(folder: Path, number: str, name: str, params: dict, body: str) -> Stage:

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data
-from helpers.students import run_student_stage
-from helpers.teacher import run_teacher_stage
+from helpers.data import store as data_store
+from helpers.stages import data as stages_data
+from helpers.stages.students import run_student_stage
+from helpers.stages.teacher import run_teacher_stage
 
 MAX_LEN = 32
 
@@ -18,7 +19,7 @@ MAX_LEN = 32
 def tiny_run(tmp_path_factory):
     """data.prepare on 300 synthetic cases and a one-epoch smoke teacher (fp32, CPU)."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN)
+    stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN)
     run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=0,
                       ceiling_seed=1, batch_size=16, max_len=MAX_LEN, precision="fp32", progress=False)
     return run_dir
@@ -48,7 +49,7 @@ def test_online_teacher_matches_the_cached_logits(tiny_run, tmp_path):
 
 def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
     run_dir = tmp_path / "run"
-    data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN, synthetic_transfer_n=150)
+    stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN, synthetic_transfer_n=150)
     run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=0,
                       ceiling_seed=1, batch_size=16, max_len=MAX_LEN, precision="fp32", progress=False)
     common = dict(students=["Smoke_Tiny_1x32"], arms=["independent", "distilled", "distilled_transfer"], seeds=[0, 1],
@@ -57,7 +58,7 @@ def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
                   workers=1, threads=1)
     out = run_student_stage(run_dir, transfer_curve=[0.5], transfer_curve_seeds=[1], **common)
     curve = pd.read_csv(run_dir / "models" / "transfer_curve.csv")
-    n_train = len(data.load_cases(run_dir)["train"])
+    n_train = len(data_store.load_cases(run_dir)["train"])
     extra = int(round(0.5 * n_train))
     # 0 (the distilled arm) and 150 (the stage's own transfer arm) are read back; only the extra size is trained.
     assert sorted(curve["transfer_n"].unique()) == sorted({0, extra, 150})
@@ -71,7 +72,7 @@ def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
 
 
 def test_chain_order_follows_parameter_count():
-    from helpers.students import chain_order
+    from helpers.stages.students import chain_order
 
     assert chain_order({"small": 10, "big": 30, "mid": 20, "big_too": 30}) == ["big", "big_too", "mid", "small"]
 
@@ -80,10 +81,10 @@ def test_chain_order_follows_parameter_count():
 def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeypatch, warm_grid):
     """Listed smallest first, the students are still chained by size: Half (teacher layers, larger) learns from the
     teacher, Tiny from Half's seed-0 distilled model, whose train logits are cached once and are what Tiny sees."""
-    from helpers import students as stage
-    from helpers.models import load_model
-    from helpers.run_folder import read_index
-    from helpers.teacher_logits import load_teacher_logits
+    from helpers.core.run_folder import read_index
+    from helpers.models.build import load_model
+    from helpers.stages import students as stage
+    from helpers.training.teacher_logits import load_teacher_logits
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
@@ -113,7 +114,7 @@ def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeyp
     assert runs["lr"][runs["model"] == "Smoke_Tiny_1x32"].nunique() == 1  # the student's chosen rate, every arm
 
     # what the chain runs trained on: the previous link's logits on the training split, not the teacher's
-    cases = data.load_cases(run_dir)
+    cases = data_store.load_cases(run_dir)
     encoded = stage.encode_splits({"train": cases["train"]}, MAX_LEN)["train"]
     half = load_model(run_dir / link["teacher_path"])
     expected = stage.predict_logits(half, encoded)
@@ -136,8 +137,8 @@ def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeyp
 
 def test_link_logits_are_computed_once(tiny_run, monkeypatch):
     """A second request for the same link (same checkpoint, same data) reads the cache: no model is loaded."""
-    from helpers import students as stage
-    from helpers import teacher_logits
+    from helpers.stages import students as stage
+    from helpers.training import teacher_logits
 
     settings = {"max_len": MAX_LEN, "device": "cpu", "teacher_mode": "cached", "trim_vocab": False,
                 "transfer_n": 0, "precision": "fp32"}

@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data
-from helpers.synthetic import COLUMNS, generate_justice_csv, rationales_path
+from helpers.core import constants as core_constants
+from helpers.data import schema as data_schema
+from helpers.data import store as data_store
+from helpers.stages import data as stages_data
+from helpers.synthetic.generator import COLUMNS, generate_justice_csv, rationales_path
 
 
 def _files(path):
@@ -43,7 +46,7 @@ def test_rationale_phrases_appear_in_cleaned_facts(tmp_path):
     df = generate_justice_csv(path, 400, 5)
     records = [json.loads(line) for line in rationales_path(path).read_text().splitlines()]
     assert [r["ID"] for r in records] == df["ID"].tolist()
-    facts = df["facts"].map(data.clean_facts).tolist()
+    facts = df["facts"].map(data_schema.clean_facts).tolist()
     n_cues = 0
     for rec, text in zip(records, facts):
         assert 0 < rec["rule_prob"] < 1
@@ -67,18 +70,18 @@ def test_generation_writes_the_requested_cases_and_returns_what_it_wrote(tmp_pat
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("default") / "run"
-    card = data.prepare(run_dir, synthetic_n=1600, synthetic_seed=7)
-    return card, data.load_splits(run_dir)
+    card = stages_data.prepare(run_dir, synthetic_n=1600, synthetic_seed=7)
+    return card, data_store.load_splits(run_dir)
 
 
 def test_default_corpus_has_documented_difficulty(default_run):
     card, splits = default_run
     assert 0.60 <= card["majority_rate"] <= 0.65
-    sizes = {s: card[f"n_{s}"] for s in data.SPLITS}
+    sizes = {s: card[f"n_{s}"] for s in core_constants.SPLITS}
     bayes = card["bayes_accuracy"]
-    overall = sum(bayes[s] * sizes[s] for s in data.SPLITS) / sum(sizes.values())
+    overall = sum(bayes[s] * sizes[s] for s in core_constants.SPLITS) / sum(sizes.values())
     assert 0.85 <= overall <= 0.92
-    assert all(0.82 <= bayes[s] <= 0.95 for s in data.SPLITS)
+    assert all(0.82 <= bayes[s] <= 0.95 for s in core_constants.SPLITS)
     tfidf = card["baselines"]["tfidf_logreg"]
     for s in ("val", "test"):
         assert tfidf[s]["accuracy"] >= card["majority_rate"] + 0.08  # there is signal to learn
@@ -88,7 +91,7 @@ def test_default_corpus_has_documented_difficulty(default_run):
 
 def test_default_corpus_lengths_and_cue_positions(default_run):
     card, splits = default_run
-    words = pd.concat([splits[s]["n_words"] for s in data.SPLITS])
+    words = pd.concat([splits[s]["n_words"] for s in core_constants.SPLITS])
     assert 30 <= words.min() and words.max() <= 250
     assert 80 <= words.median() <= 110
     assert words.quantile(0.95) >= 150  # a long tail, like real case facts

@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.data import SPLITS
-from helpers.models import REGISTRY, build_model, save_model
-from helpers.teacher_logits import cache_teacher_logits, load_teacher_logits, logits_key
-from helpers.training import encode_splits
+from helpers.core.constants import SPLITS
+from helpers.models.build import build_model, save_model
+from helpers.models.specs import REGISTRY
+from helpers.training.datasets import encode_splits
+from helpers.training.teacher_logits import cache_teacher_logits, load_teacher_logits, logits_key
 
 TEXTS = ["the court reversed the warrant", "appeal dismissed", "the state prevailed", "petitioner lost the case"]
 MAX_LEN = 16
@@ -48,12 +49,13 @@ def test_cache_key_and_loading_follow_the_teacher_checkpoint_and_the_data(tmp_pa
 def test_a_second_teacher_stage_in_one_process_scores_its_own_checkpoint(tmp_path):
     """Stage 02 rerun in the same kernel (workers 1) after retraining: the cached logits come from the new teacher,
     not from a checkpoint or cases an earlier call loaded."""
-    from helpers import data
-    from helpers.data import load_cases
-    from helpers.models import load_model
-    from helpers.teacher import run_teacher_stage
-    from helpers.teacher_logits import load_teacher_logits
-    from helpers.training import encode, predict_logits
+    from helpers.data.store import load_cases
+    from helpers.models.build import load_model
+    from helpers.stages import data
+    from helpers.stages.teacher import run_teacher_stage
+    from helpers.training.datasets import encode
+    from helpers.training.loop import predict_logits
+    from helpers.training.teacher_logits import load_teacher_logits
 
     run_dir = tmp_path / "run"
     data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=32)

@@ -1,0 +1,1 @@
+"""Token attributions: Integrated Gradients and agreement with the teacher."""

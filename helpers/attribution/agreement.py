@@ -1,0 +1,249 @@
+"""Comparing attributions: agreement metrics, bootstrap intervals, faithfulness and rationale recall.
+
+Every vector here is one example's unit scores (tokens, or words when word pieces are aggregated), with
+[CLS], [SEP] and padding already removed and L2-normalised.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from helpers.training.loop import predict_logits
+
+AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
+# Faithfulness of each model's own attributions, for two classes: the one the model itself predicts (`_own`: does
+# the explanation account for the model's own decision?) and the one the teacher predicts (`_teacher`: the decision
+# every model explains in the agreement metrics). Rationale recall ranks units by |score| for the teacher's class.
+FAITHFULNESS_METRICS = ["comprehensiveness_own", "sufficiency_own", "comprehensiveness_teacher",
+                        "sufficiency_teacher", "rationale_recall"]
+# Which convergence-delta flags rule a per-example value out of the means (the raw value stays in per_example.csv):
+# agreement compares the model's teacher-class attributions with the teacher's, so both must be sound.
+EXCLUDED_BY = {**dict.fromkeys(AGREEMENT_METRICS, ("flagged", "teacher_flagged")),
+               "comprehensiveness_own": ("flagged_own",), "sufficiency_own": ("flagged_own",),
+               "comprehensiveness_teacher": ("flagged",), "sufficiency_teacher": ("flagged",),
+               "rationale_recall": ("flagged",)}
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+# Sign agreement ignores units below this share of the example's largest |score| in both vectors: near-zero
+# scores flip sign on numerical noise and would otherwise dominate long, mostly irrelevant texts.
+SIGN_NEGLIGIBLE = 0.05
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity (NaN when either vector is zero)."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else math.nan
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of the signed scores (NaN when fewer than 2 units or a constant vector)."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def top_units(a: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k units with the largest |score| (ties broken by position)."""
+    return np.argsort(-np.abs(a), kind="stable")[: min(k, len(a))]
+
+
+def topk_jaccard(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Jaccard overlap of the top-k units by |score|."""
+    if len(a) == 0:
+        return math.nan
+    sa, sb = set(top_units(a, k).tolist()), set(top_units(b, k).tolist())
+    return len(sa & sb) / len(sa | sb)
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray, negligible: float = SIGN_NEGLIGIBLE) -> float:
+    """Share of units with equal score signs, among units non-negligible in either vector."""
+    if len(a) == 0:
+        return math.nan
+    keep = (np.abs(a) >= negligible * np.abs(a).max()) & (np.abs(a) > 0)
+    keep |= (np.abs(b) >= negligible * np.abs(b).max()) & (np.abs(b) > 0)
+    if not keep.any():
+        return math.nan
+    return float(np.mean(np.sign(a[keep]) == np.sign(b[keep])))
+
+
+def compare(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
+    """All four agreement metrics between two unit-score vectors of one example."""
+    if len(a) != len(b):
+        raise ValueError(f"score vectors differ in length ({len(a)} vs {len(b)}): not the same example units")
+    return {"cosine": cosine(a, b), "spearman": spearman(a, b), "topk_jaccard": topk_jaccard(a, b, k),
+            "sign_agreement": sign_agreement(a, b)}
+
+
+def bootstrap_mean(values, n_boot: int, seed: int = 0, level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, ci_low, ci_high, n) of the non-NaN values, percentile bootstrap over them."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan, 0
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1) if n_boot > 0 else np.array([x.mean()])
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(x.mean()), float(lo), float(hi), len(x)
+
+
+def cue_units(offsets: np.ndarray, units: list[list[int]], spans) -> np.ndarray:
+    """Which units overlap a rationale span: token char offsets [L, 2] against (start, end, cue) spans."""
+    out = np.zeros(len(units), dtype=bool)
+    for u, positions in enumerate(units):
+        for p in positions:
+            s, e = int(offsets[p][0]), int(offsets[p][1])
+            if any(s < end and e > start for start, end, *_ in spans):
+                out[u] = True
+                break
+    return out
+
+
+def rationale_recall(scores: np.ndarray, cues: np.ndarray, k: int) -> float:
+    """Share of cue units among the top-k units by |score|, over min(k, number of cue units)."""
+    n_cues = int(cues.sum())
+    if n_cues == 0:
+        return math.nan
+    return float(cues[top_units(scores, k)].sum()) / min(k, n_cues)
+
+
+def random_recall(n_units: int, n_cues: int, k: int) -> float:
+    """Expected rationale recall@k of a uniformly random ranking."""
+    if n_cues == 0 or n_units == 0:
+        return math.nan
+    return min(k, n_units) * n_cues / n_units / min(k, n_cues)
+
+
+@torch.no_grad()
+def faithfulness(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, units: list[list[list[int]]],
+                 scores: list[np.ndarray], targets: torch.Tensor, replacement_id: int,
+                 fractions=FRACTIONS, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (comprehensiveness, sufficiency): AOPC of the explained class's probability drop when the
+    top fractions of units (ranked by signed score, i.e. evidence for that class) are replaced / kept alone.
+
+    Replaced tokens keep their attention mask, so positions and length stay fixed and only content is removed.
+    """
+    model.eval()
+    device = input_ids.device
+    variants, owners = [], []
+    for i, (ex_units, s) in enumerate(zip(units, scores)):
+        order = np.argsort(-s, kind="stable")
+        for frac in fractions:
+            top = order[: max(1, math.ceil(frac * len(order)))] if len(order) else order
+            removed = input_ids[i].clone()
+            kept = input_ids[i].clone()
+            top_set = set(top.tolist())
+            for u, positions in enumerate(ex_units):
+                target = removed if u in top_set else kept
+                target[positions] = replacement_id
+            variants += [removed, kept]
+            owners.append(i)
+    full_p = _class_prob(model, input_ids, attention_mask, targets, batch_size)
+    ids = torch.stack(variants)
+    masks = attention_mask[torch.tensor(owners, device=device).repeat_interleave(2)]
+    tgt = targets[torch.tensor(owners, device=device).repeat_interleave(2)]
+    probs = _class_prob(model, ids, masks, tgt, batch_size).reshape(len(units), len(fractions), 2)
+    drop = full_p[:, None, None] - probs
+    return drop[:, :, 0].mean(axis=1), drop[:, :, 1].mean(axis=1)
+
+
+def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Probability of each example's target class."""
+    logits = predict_logits(model, {"input_ids": ids, "attention_mask": mask}, batch_size, device=ids.device)
+    p = torch.softmax(torch.from_numpy(logits), dim=-1)
+    return p.gather(1, targets.cpu()[:, None])[:, 0].numpy()
+
+
+def excluded(per_example: pd.DataFrame, metric: str) -> pd.Series:
+    """Rows whose `metric` value is left out of every mean: a delta flag it depends on is set (EXCLUDED_BY);
+    rows without those columns (hand-made frames) exclude nothing."""
+    out = pd.Series(False, index=per_example.index)
+    for col in EXCLUDED_BY.get(metric, ()):
+        if col in per_example.columns:
+            out |= per_example[col].fillna(False).astype(bool)
+    return out
+
+
+def bootstrap_examples_seeds(table: np.ndarray, n_boot: int, seed: int = 0,
+                             level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, ci_low, ci_high, n) of a [examples x seeds] table (NaN = missing or excluded): each resample draws
+    seeds and examples with replacement, so the interval covers both sources of variation (with one seed: examples).
+    """
+    x = np.asarray(table, dtype=float).reshape(len(table), -1)
+    n = int((~np.isnan(x)).sum())
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    rng = np.random.default_rng(seed)
+    n_ex, n_seeds = x.shape
+    means = []
+    for _ in range(n_boot):
+        sub = x[np.ix_(rng.integers(0, n_ex, n_ex), rng.integers(0, n_seeds, n_seeds))]
+        if (~np.isnan(sub)).any():
+            means.append(np.nanmean(sub))
+    if not means:
+        means = [np.nanmean(x)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(np.nanmean(x)), float(lo), float(hi), n
+
+
+def interval_scope(n_examples: int, n_seeds: int) -> str:
+    """What an attribution interval covers, from the numbers of examples and student seeds actually explained."""
+    if n_seeds <= 1:
+        return (f"Attribution intervals resample the {n_examples} explained test cases of one training run per "
+                f"student and arm (one seed explained): they say how precisely that run was measured, not how much "
+                f"a retrained student would differ (pass more attribution_seeds for that).")
+    return (f"Attribution intervals of the distilled - independent differences and of the report's cosine resample "
+            f"the {n_examples} explained test cases and the {n_seeds} student seeds explained (each seed a "
+            f"separate training run); each per-seed row of the agreement table covers one run.")
+
+
+def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Mean and bootstrap 95% CI over examples, per model x mode x seed (one training run) and metric; examples
+    excluded for their convergence delta are left out and counted in `n_excluded`."""
+    rows = []
+    for (model, mode, s), g in per_example.groupby(["model", "mode", "seed"], sort=False):
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+            if metric not in g.columns:
+                continue
+            has = g[metric].notna()
+            out = excluded(g, metric) & has
+            mean, lo, hi, n = bootstrap_mean(g.loc[has & ~out, metric], n_boot, seed)
+            if n or out.any():
+                rows.append({"model": model, "mode": mode, "seed": s, "metric": metric, "mean": mean,
+                             "ci_low": lo, "ci_high": hi, "n": n, "n_excluded": int(out.sum())})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+SUMMARY_COLUMNS = ["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded"]
+KD_DIFF_COLUMNS = ["model", "metric", "diff", "ci_low", "ci_high", "n", "n_seeds", "n_excluded"]
+
+
+def kd_differences(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    """Paired distilled - independent difference per student and metric: one value per example and seed (same
+    example, same seed), bootstrapped over examples and seeds; pairs with an excluded member are left out and
+    counted in `n_excluded`."""
+    rows = []
+    students = per_example[per_example["mode"].isin(["independent", "distilled"])]
+    for model, g in students.groupby("model", sort=False):
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+            if metric not in g.columns:
+                continue
+            kept = g[metric].where(~excluded(g, metric))
+            raw = g.pivot_table(index=["id", "seed"], columns="mode", values=metric, aggfunc="mean")
+            clean = g.assign(_v=kept).pivot_table(index=["id", "seed"], columns="mode", values="_v", aggfunc="mean",
+                                                  dropna=False)
+            if not {"independent", "distilled"} <= set(raw.columns):
+                continue
+            raw_diff = (raw["distilled"] - raw["independent"]).dropna()
+            diff = (clean["distilled"] - clean["independent"]).reindex(raw_diff.index)
+            if raw_diff.empty:
+                continue
+            table = diff.unstack("seed")
+            mean, lo, hi, n = bootstrap_examples_seeds(table.to_numpy(), n_boot, seed)
+            rows.append({"model": model, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi, "n": n,
+                         "n_seeds": int(table.shape[1]), "n_excluded": int(diff.isna().sum())})
+    return pd.DataFrame(rows, columns=KD_DIFF_COLUMNS)

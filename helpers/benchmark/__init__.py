@@ -1,0 +1,1 @@
+"""Size, latency and deployment variants of trained models."""

@@ -1,0 +1,1 @@
+"""Parameters: one declaration each, profiles, and validation before any work starts."""

@@ -1,0 +1,1 @@
+"""The bottom layer: paths, constants, errors, the run folder's plain files, progress lines, devices."""

@@ -1,0 +1,14 @@
+"""Names shared by every layer: splits, arms, precisions, launchers and the shortest max_len."""
+from __future__ import annotations
+
+MIN_MAX_LEN = 8  # fewest WordPiece tokens per case: [CLS], [SEP] and a few words (data.prepare and validate)
+
+ARMS = ("independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain")
+TRANSFER_ARMS = ("distilled_transfer", "pseudo_label_transfer")
+CHAIN_ARM = "chain"  # the distilled loss, with the previous (larger) student's logits in place of the teacher's
+PRECISIONS = ("auto", "fp32", "bf16")
+
+LAUNCHERS = ("inprocess", "accelerate")
+
+SPLITS = ("train", "val", "test")
+TRANSFER = "transfer"  # key of the unlabelled transfer pool next to the splits (see load_cases)

@@ -1,0 +1,1 @@
+"""Metrics and verdicts: classification metrics, the paired interval, Holm, verdict text."""

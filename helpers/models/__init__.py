@@ -1,0 +1,1 @@
+"""Model specs (no torch), the shared tokenizer, and building, saving and loading classifiers."""

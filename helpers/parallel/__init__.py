@@ -1,0 +1,1 @@
+"""Training runs past one process: the notebook side of the accelerate launcher."""

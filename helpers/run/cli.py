@@ -1,0 +1,66 @@
+"""The command line: `python -m helpers run ...` and `python -m helpers sweep ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from helpers.core.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers", description="Distilling Justice: run the notebook suite.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the notebooks in order (skipping finished, unchanged stages)"),
+                       ("sweep", "rerun the student stage for every combination of -p values (a,b,c)")):
+        s = sub.add_parser(name, help=text, description=text)
+        src = s.add_mutually_exclusive_group()
+        src.add_argument("--profile", default="default", help="profile name (profiles/NAME.yaml); default: default")
+        src.add_argument("-f", "--file", dest="param_file",
+                         help="a YAML parameter file layered over the default profile")
+        s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                       help="override one parameter (lists: a,b,c)" if name == "run" else
+                       "a swept parameter and its comma-separated values")
+        s.add_argument("--data", help="path of a JUSTICE-schema csv (sets data_path)")
+        s.add_argument("--transfer", help="path of a csv of unlabelled transfer cases, labels ignored (sets "
+                                          "transfer_path)")
+        s.add_argument("--run-dir", help="run folder (default runs/<profile>)")
+        s.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+        s.add_argument("--verbose", action="store_true",
+                       help="stream papermill's log (cell by cell, every cell's text output, kernel warnings) "
+                            "instead of only what the notebooks print")
+        if name == "run":
+            s.add_argument("--only", help="run this stage only (e.g. 02 or train_teacher)")
+            s.add_argument("--from", dest="start", help="run from this stage on")
+            s.add_argument("--until", help="stop after this stage")
+        else:
+            s.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                           help="a fixed (not swept) parameter override")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from helpers.run.runner import StageFailed
+
+    transfer = [("transfer_path", args.transfer)] if args.transfer is not None else []
+    try:
+        if args.command == "run":
+            from helpers.config.resolve import resolve
+            from helpers.run.runner import run
+
+            params = resolve(None if args.param_file else args.profile, args.param_file, [*args.param, *transfer],
+                             args.data, args.run_dir)
+            run(params, only=args.only, start=args.start, until=args.until, force=args.force, verbose=args.verbose)
+        else:
+            from helpers.run.sweep import sweep
+
+            sweep(args.param, None if args.param_file else args.profile, args.param_file, [*args.set, *transfer],
+                  args.data, args.run_dir, args.force, verbose=args.verbose)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,157 @@
+"""Stage 04: explain every model on one example set, compare with the teacher, and write `attributions/`."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from helpers.attribution import agreement
+from helpers.attribution.integrated_gradients import (
+    DELTA_FLOOR,
+    REPLACEMENT_IDS,
+    encode_examples,
+    explain,
+    model_entries,
+    select_examples,
+    unit_scores,
+)
+from helpers.core.progress import progress
+from helpers.data.rationales import load_rationales
+from helpers.data.store import load_classes
+from helpers.models.build import load_model
+from helpers.training.loop import predict_logits
+from helpers.views.attribution import render_html
+
+PER_EXAMPLE_COLUMNS = ["model", "mode", "seed", "id", "label", "teacher_pred", "own_pred",
+                       *agreement.AGREEMENT_METRICS, "delta", "rel_delta", "flagged", "delta_own", "rel_delta_own",
+                       "flagged_own", "teacher_flagged", *agreement.FAITHFULNESS_METRICS]
+TIMING_COLUMNS = ["model", "mode", "seed", "n_examples", "seconds", "seconds_per_example", "cached",
+                  "faithfulness_seconds"]
+
+
+def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, max_len: int, ig_examples: int,
+                          ig_steps: int, ig_internal_batch_size: int, ig_delta_threshold: float, topk: int,
+                          attribution_seeds: list[int], aggregate_words: bool, faithfulness_replacement: str,
+                          bootstrap_n: int, seed: int = 0) -> dict:
+    """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables.
+
+    Args:
+        ig_examples: stratified test cases explained (the same cases for every model, chosen with `seed`).
+        ig_internal_batch_size: IG steps per forward pass, per example.
+        ig_delta_threshold: flag an example whose |convergence delta| exceeds this share of the logit change;
+            flagged examples stay in per_example.csv but are left out of every mean and counted (`n_excluded`).
+        topk: k of the top-k overlap and of rationale recall.
+        attribution_seeds: the student seeds explained (the teachers are always explained).
+        faithfulness_replacement: pad | mask, the token that removes tokens in comprehensiveness/sufficiency.
+    """
+    if faithfulness_replacement not in REPLACEMENT_IDS:
+        raise ValueError(f"faithfulness_replacement={faithfulness_replacement!r}: expected 'pad' or 'mask'")
+    run, device = Path(run_dir), torch.device(device)
+    out = run / "attributions"
+    out.mkdir(parents=True, exist_ok=True)
+    test = pd.read_csv(run / "data" / "test.csv", dtype={"id": str, "text": str}, keep_default_na=False)
+    examples = encode_examples(select_examples(test, ig_examples, seed), max_len, aggregate_words)
+    ids, mask = examples.input_ids.to(device), examples.attention_mask.to(device)
+    entries = model_entries(run, list(attribution_seeds))
+    teacher = load_model(run / entries[0]["path"], device)
+    targets = torch.from_numpy(predict_logits(teacher, {"input_ids": ids, "attention_mask": mask},
+                                              device=device).argmax(axis=1))
+    frame = examples.frame.assign(teacher_pred=targets.numpy(), n_tokens=examples.attention_mask.sum(1).numpy())
+    frame[["id", "label", "teacher_pred", "n_tokens"]].to_csv(out / "examples.csv", index=False)
+
+    rationales = load_rationales(run)  # {} when the data has no ground-truth rationales (real data)
+    cues = None
+    if rationales:
+        cues = [agreement.cue_units(examples.offsets[i], examples.units[i], rationales.get(str(cid), []))
+                for i, cid in enumerate(frame["id"])]
+
+    rows, timing, scores, teacher_flags = [], [], {}, None
+    repl = REPLACEMENT_IDS[faithfulness_replacement]
+
+    def rel(delta, change):
+        return abs(delta) / max(abs(change), DELTA_FLOOR)
+
+    for e in progress(entries, desc="attributions (models)"):
+        model = teacher if e["tag"] == "teacher" else load_model(run / e["path"], device)
+        ig = dict(ig_steps=ig_steps, ig_internal_batch_size=ig_internal_batch_size, device=device)
+        expl = explain(model, run / e["path"], examples.input_ids, examples.attention_mask, targets,
+                       out / "cache" / f"{e['tag']}.safetensors", **ig)
+        own = torch.from_numpy(predict_logits(model, {"input_ids": ids, "attention_mask": mask},
+                                              device=device).argmax(axis=1))
+        # The model's own decision: where it differs from the teacher's, explain that class as well.
+        own_tokens, own_delta, own_change = expl.token_scores.copy(), expl.delta.copy(), expl.logit_change.copy()
+        differ = torch.nonzero(own != targets)[:, 0]
+        seconds, cached = expl.seconds, expl.cached
+        if len(differ):
+            sub = explain(model, run / e["path"], examples.input_ids[differ], examples.attention_mask[differ],
+                          own[differ], out / "cache" / f"{e['tag']}__own.safetensors", **ig)
+            cut = sub.token_scores.shape[1]
+            own_tokens[differ.numpy()] = 0.0
+            own_tokens[differ.numpy(), :cut] = sub.token_scores
+            own_delta[differ.numpy()], own_change[differ.numpy()] = sub.delta, sub.logit_change
+            seconds, cached = seconds + sub.seconds, cached and sub.cached
+        s = [unit_scores(expl.token_scores[i], u) for i, u in enumerate(examples.units)]
+        s_own = [unit_scores(own_tokens[i], u) for i, u in enumerate(examples.units)]
+        scores[e["tag"]] = s
+        t0 = time.perf_counter()
+        comp_t, suff_t = agreement.faithfulness(model, ids, mask, examples.units, s, targets.to(device), repl)
+        comp_o, suff_o = agreement.faithfulness(model, ids, mask, examples.units, s_own, own.to(device), repl)
+        faith_s = time.perf_counter() - t0
+        flags = [rel(d, c) > ig_delta_threshold for d, c in zip(expl.delta, expl.logit_change)]
+        if e["tag"] == "teacher":
+            teacher_flags = flags
+        for i, cid in enumerate(frame["id"]):
+            sim = (agreement.compare(scores["teacher"][i], s[i], topk) if e["tag"] != "teacher"
+                   else dict.fromkeys(agreement.AGREEMENT_METRICS, math.nan))
+            recall = agreement.rationale_recall(s[i], cues[i], topk) if cues is not None else math.nan
+            rel_own = rel(own_delta[i], own_change[i])
+            rows.append({"model": e["name"], "mode": e["mode"], "seed": int(e["seed"]), "id": cid,
+                         "label": int(frame["label"][i]), "teacher_pred": int(targets[i]), "own_pred": int(own[i]),
+                         **sim, "delta": float(expl.delta[i]), "rel_delta": rel(expl.delta[i], expl.logit_change[i]),
+                         "flagged": bool(flags[i]), "delta_own": float(own_delta[i]), "rel_delta_own": rel_own,
+                         "flagged_own": bool(rel_own > ig_delta_threshold), "teacher_flagged": bool(teacher_flags[i]),
+                         "comprehensiveness_own": float(comp_o[i]), "sufficiency_own": float(suff_o[i]),
+                         "comprehensiveness_teacher": float(comp_t[i]), "sufficiency_teacher": float(suff_t[i]),
+                         "rationale_recall": recall})
+        n = len(frame)
+        timing.append({"model": e["name"], "mode": e["mode"], "seed": int(e["seed"]), "n_examples": n,
+                       "seconds": seconds, "seconds_per_example": seconds / max(n, 1),
+                       "cached": cached, "faithfulness_seconds": faith_s})
+        print(f"{e['tag']:<40} IG {'cached' if cached else f'{seconds:6.1f} s'}  "
+              f"faithfulness {faith_s:5.1f} s  flagged {sum(flags)}/{n}  own class differs {len(differ)}/{n}")
+        if model is not teacher:
+            del model
+
+    per_example = pd.DataFrame(rows, columns=PER_EXAMPLE_COLUMNS)
+    summary = agreement.summarise(per_example, bootstrap_n, seed)
+    if cues is not None:
+        base = [agreement.random_recall(len(u), int(c.sum()), topk) for u, c in zip(examples.units, cues)]
+        mean, lo, hi, n_ok = agreement.bootstrap_mean(base, bootstrap_n, seed)
+        if n_ok:
+            summary.loc[len(summary)] = ["random", "baseline", -1, "rationale_recall", mean, lo, hi, n_ok, 0]
+    kd_diff = agreement.kd_differences(per_example, bootstrap_n, seed)
+    timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
+    student_seeds = per_example.loc[~per_example["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
+    scope = agreement.interval_scope(len(frame), max(int(student_seeds), 1))
+    html = render_html(examples, frame, scores, entries, n=3, class_names=load_classes(run)["classes"])
+    paths = {name: out / f"{name}.csv" for name in ("per_example", "summary", "kd_diff", "timing", "examples")}
+    paths.update(examples_html=out / "examples.html", cache=out / "cache")
+    per_example.to_csv(paths["per_example"], index=False)
+    summary.to_csv(paths["summary"], index=False)
+    kd_diff.to_csv(paths["kd_diff"], index=False)
+    timing_df.to_csv(paths["timing"], index=False)
+    paths["examples_html"].write_text(html, encoding="utf-8")
+    return {"paths": paths, "per_example": per_example, "summary": summary, "kd_diff": kd_diff,
+            "timing": timing_df, "examples": frame, "scope": scope, "html": _displayable(html),
+            "has_rationales": cues is not None}
+
+
+def _displayable(html: str):
+    try:
+        from IPython.display import HTML
+    except ImportError:  # pragma: no cover - IPython ships with the notebook stack
+        return html
+    return HTML(html)

@@ -1,0 +1,517 @@
+"""Stage 03: train every student in every arm (independent, distilled, transfer, chain), on identical seeds and
+batches, and write the KD gain table."""
+from __future__ import annotations
+
+import queue
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers.core.constants import ARMS, CHAIN_ARM, SPLITS, TRANSFER, TRANSFER_ARMS
+from helpers.core.progress import quiet_worker
+from helpers.core.run_folder import read_index, read_json, write_csv, write_index, write_json
+from helpers.data import store as data_mod
+from helpers.data.store import load_cases
+from helpers.evaluation.metrics import classification_metrics
+from helpers.evaluation.verdicts import kd_gain_table
+from helpers.models.build import build_model, count_params, load_model, save_model
+from helpers.models.specs import get_spec
+from helpers.training.checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
+from helpers.training.datasets import CaseDataset, encode_splits
+from helpers.training.jobs import Job, job_folder
+from helpers.training.loop import TrainConfig, predict_logits, train
+from helpers.training.precision import resolve_precision
+from helpers.training.teacher_logits import cache_teacher_logits, load_teacher_logits, read_cached_logits
+
+
+@dataclass
+class Shared:
+    """What every run of the stage reads: encoded cases, labels, teacher logits, datasets, vocabulary, teacher."""
+
+    run_dir: Path
+    settings: dict[str, Any]
+    encoded: dict[str, list]
+    labels: dict[str, np.ndarray]
+    t_logits: dict[str, np.ndarray]
+    keep_ids: list[int] | None
+    teacher: Any
+    online_teacher: Any
+    train_set: CaseDataset
+    val_set: CaseDataset
+    transfer_set: CaseDataset | None  # the whole unlabelled pool (label -1) with its teacher logits
+
+    def with_transfer(self, n: int | None = None) -> CaseDataset:
+        """The labelled training cases followed by the first n transfer cases (n: the stage's transfer_n)."""
+        n = self.settings["transfer_n"] if n is None else n
+        labelled = CaseDataset(self.encoded["train"], self.labels["train"], self.t_logits["train"])
+        if not n:
+            return labelled
+        pool = self.transfer_set
+        return labelled.concat(CaseDataset(pool.encodings[:n], pool.labels[:n], pool.teacher_logits[:n]))
+
+
+_SHARED: dict[str, Shared] = {}  # per process: loaded once by load_shared (the parent, or a worker's initializer)
+
+
+def load_shared(run_dir: str | Path, settings: dict[str, Any]) -> Shared:
+    """Load the stage's inputs once per process (tokenised cases, cached teacher logits, the teacher)."""
+    run_dir = Path(run_dir)
+    cases = load_cases(run_dir)
+    encoded = encode_splits(cases, settings["max_len"])
+    labels = {s: cases[s]["label"].to_numpy() for s in SPLITS}
+    t_logits = load_teacher_logits(run_dir, cases, settings["max_len"])
+    index = read_index(run_dir)
+    teacher_dir = run_dir / index["teacher"]["path"]
+    online = load_model(teacher_dir, settings["device"]) if settings["teacher_mode"] == "online" else None
+    # The teacher's logits ride in every batch for the distilled arms; the independent arm ignores them, so both
+    # see the very same batches in the very same order.
+    train_set = CaseDataset(encoded["train"], labels["train"], None if online else t_logits["train"])
+    pool = None
+    if TRANSFER in encoded:
+        n = len(encoded[TRANSFER])
+        pool = CaseDataset(encoded[TRANSFER], np.full(n, -1), t_logits[TRANSFER])
+    shared = Shared(run_dir=run_dir, settings=settings, encoded=encoded, labels=labels, t_logits=t_logits,
+                    keep_ids=data_mod.load_vocabulary(run_dir) if settings["trim_vocab"] else None,
+                    teacher=load_model(teacher_dir, "cpu"), online_teacher=online, train_set=train_set,
+                    val_set=CaseDataset(encoded["val"], labels["val"]), transfer_set=pool)
+    _SHARED["stage"] = shared
+    return shared
+
+
+def _init_worker(run_dir: str, settings: dict[str, Any], threads: int) -> None:
+    quiet_worker(threads)
+    load_shared(run_dir, settings)
+
+
+def _did_not_learn(val_logits: np.ndarray) -> str:
+    """'' when the model uses more than one class on validation; else the reason it counts as not learned."""
+    classes = np.unique(val_logits.argmax(axis=1))
+    return "" if len(classes) > 1 else f"predicts class {int(classes[0])} for every validation case"
+
+
+def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
+    """Train one run, save its checkpoint and history; score test when the run is final.
+
+    In this process, or with the stage's `launcher: accelerate` under `accelerate launch` (helpers.parallel.launcher), which
+    runs this function in every launched process with their `accelerator`: there only the main process saves and
+    returns the run's results (the others return None).
+    """
+    sh = _SHARED["stage"]
+    st = sh.settings
+    if accelerator is None and st.get("launcher", "inprocess") == "accelerate":
+        from helpers.parallel.launcher import launch_student
+
+        return launch_student(job, sh.run_dir, st)
+    start = time.perf_counter()
+    spec = get_spec(job.name, st["model_overrides"])
+    model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids,
+                        num_labels=sh.teacher.config.num_labels)
+    cfg = TrainConfig(max_steps=st["max_steps"], lr=job.lr, batch_size=st["batch_size"], seed=job.seed,
+                      eval_every=st["eval_every"], patience=st["patience"], selection_metric=st["selection_metric"],
+                      class_weighted=st["class_weighted"], device=st["device"], precision=st["precision"])
+    if job.arm == CHAIN_ARM:  # the previous link's logits stand in for the teacher's (always from the cache)
+        data = CaseDataset(sh.encoded["train"], sh.labels["train"],
+                           read_cached_logits(sh.run_dir / job.link_logits)["train"])
+    else:
+        data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
+    result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
+                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
+    out = save_model(result.model, job_folder(sh.run_dir, job), spec)
+    history = result.history
+    history.insert(0, "seed", job.seed)
+    history.insert(0, "mode", job.arm)
+    history.insert(0, "model", job.name)
+    write_csv(out / "history.csv", history)
+    scored = job.final or job.transfer_n is not None  # final runs and transfer-curve points (reported only)
+    test = (predict_logits(result.model, sh.encoded["test"], device=st["device"], precision=st["precision"])
+            if scored else None)
+    return {"job": job, "path": out, "val_logits": result.val_logits, "test_logits": test,
+            "entry": index_entry(job.name, "student", job.arm, job.seed, out, sh.run_dir, result.model),
+            "val_metric": classification_metrics(result.val_logits, sh.labels["val"])[st["selection_metric"]],
+            "val_accuracy": classification_metrics(result.val_logits, sh.labels["val"])["accuracy"],
+            "row": {"model": job.name, "mode": job.arm, "seed": job.seed, "lr": job.lr,
+                    "precision": st["precision"], "steps": result.steps, "best_step": result.best_step,
+                    "stopped_early": result.stopped_early, "train_examples": result.train_examples,
+                    "train_seconds": round(result.train_seconds, 3), "eval_seconds": round(result.eval_seconds, 3),
+                    "seconds": round(time.perf_counter() - start, 2), "batch_digest": result.batch_digest,
+                    "did_not_learn": _did_not_learn(result.val_logits)}}
+
+
+def _run_jobs(jobs: list[Job], pool, label: str,
+              then: dict[tuple[str, str, int], Callable[[dict[str, Any]], list[Job]]] | None = None,
+              later: int = 0) -> list[dict[str, Any]]:
+    """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left.
+
+    `then[(name, arm, seed)]`, called with that run's result when it finishes, returns the jobs it unlocks (a chain
+    link waits for the previous link's model); they join the queue while independent jobs keep the workers busy.
+    `later` counts those jobs for the progress line.
+    """
+    then = dict(then or {})
+    out, start, total = [], time.perf_counter(), len(jobs) + later
+    done: queue.Queue = queue.Queue()
+    backlog: deque[Job] = deque()
+    pending = 0
+
+    def submit(job: Job) -> None:
+        nonlocal pending
+        pending += 1
+        if pool is None:
+            backlog.append(job)
+        else:
+            pool.apply_async(run_job, (job,), callback=done.put, error_callback=done.put)
+
+    for job in jobs:
+        submit(job)
+    while pending:
+        res = run_job(backlog.popleft()) if pool is None else done.get()
+        pending -= 1
+        if isinstance(res, BaseException):
+            raise res
+        out.append(res)
+        k = len(out)
+        r, elapsed = res["row"], time.perf_counter() - start
+        left = elapsed / k * (total - k)
+        lr = f"  lr {r['lr']:g}" if not res["job"].final else ""
+        print(f"[{label} {k}/{total}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
+              f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
+              f"{' (early stop)' if r['stopped_early'] else ''}  "
+              f"{r['train_examples'] / max(r['train_seconds'], 1e-9):.0f} ex/s  ({r['seconds']:.0f} s)"
+              f"{'  DID NOT LEARN: ' + r['did_not_learn'] if r['did_not_learn'] else ''}", flush=True)
+        unlock = then.pop((res["job"].name, res["job"].arm, res["job"].seed), None)
+        for job in unlock(res) if unlock is not None else []:
+            submit(job)
+    return out
+
+
+def chain_order(sizes: dict[str, int]) -> list[str]:
+    """The chain's links: students from the largest parameter count to the smallest (ties keep the given order)."""
+    return sorted(sizes, key=lambda name: -sizes[name])
+
+
+def student_sizes(students: list[str], shared: Shared, model_overrides: dict[str, str] | None = None
+                  ) -> dict[str, int]:
+    """Parameters of each student as it is trained (after vocabulary trimming), built once from its spec."""
+    return {name: count_params(build_model(get_spec(name, model_overrides), teacher=shared.teacher,
+                                           keep_ids=shared.keep_ids))[0] for name in students}
+
+
+def cache_link_logits(shared: Shared, link_teacher: str | Path) -> Path:
+    """The training-split logits of a chain link's teacher (a student checkpoint), computed once and cached in
+    models/chain_logits/ by the teacher-logit cache (keyed by that checkpoint and the data); returns the file."""
+    st = shared.settings
+    train_cases = {"train": load_cases(shared.run_dir)["train"]}
+    path, _ = cache_teacher_logits(shared.run_dir, train_cases, {"train": shared.encoded["train"]}, st["max_len"],
+                                   st["device"], st["precision"], teacher_dir=link_teacher, folder="chain_logits")
+    return path
+
+
+def select_learning_rates(trials: list[dict[str, Any]], metric: str) -> tuple[dict[str, float], pd.DataFrame]:
+    """Per student: the learning rate with the best mean validation metric over its independent and distilled
+    seed-0 trials (both arms count equally, so the choice favours neither); ties go to the smaller rate."""
+    table = pd.DataFrame([{"model": t["job"].name, "lr": t["job"].lr, "arm": t["job"].arm,
+                           "val_metric": t["val_metric"], "best_step": t["row"]["best_step"],
+                           "steps": t["row"]["steps"]} for t in trials])
+    table["metric"] = metric
+    score = table.groupby(["model", "lr"])["val_metric"].mean()
+    table["mean_val_metric"] = [score[(m, lr)] for m, lr in zip(table["model"], table["lr"])]
+    chosen = {m: float(g.sort_values(["mean_val_metric", "lr"], ascending=[False, True])["lr"].iloc[0])
+              for m, g in table.groupby("model", sort=False)}
+    table["chosen"] = [chosen[m] == lr for m, lr in zip(table["model"], table["lr"])]
+    return chosen, table
+
+
+def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[str], seeds: list[int],
+                      max_steps: int, eval_every: int, patience: int, lr_grid: list[float],
+                      lr_grid_warm: list[float], batch_size: int, alpha: float, temperature: float, max_len: int,
+                      transfer_students: list[str] | None = None, transfer_n: int = 0,
+                      teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
+                      device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
+                      model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
+                      transfer_curve: list[float] | None = None, transfer_curve_seeds: list[int] | None = None,
+                      workers: int = 1, threads: int = 2, launcher: str = "inprocess",
+                      processes: int = 0) -> dict[str, Any]:
+    """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
+
+    Args:
+        arms: subset of training.ARMS; `independent` is always trained (every gain is measured against it).
+            `chain` (needs `distilled`) distils each student from the previous, larger one: students ordered by
+            parameter count, the first from the teacher, so its chain runs are its distilled runs (not retrained);
+            every later student learns from the previous link's first-seed chain model, whose training-split logits
+            are cached once (models/chain_logits/), with the same loss, budget, seeds and learning rate as its
+            distilled arm. The links are written to models/chain.csv.
+        transfer_students: students that get the transfer arms ([] or None: all students).
+        transfer_n: transfer-pool cases the transfer arms use (the first n of data/transfer.csv).
+        lr_grid, lr_grid_warm: learning rates tried on the first seed for random-init students and for students
+            that start from teacher layers or pretrained weights; the one with the best mean validation
+            `selection_metric` over the independent and distilled arms is used for every arm and seed of that student.
+        transfer_curve, transfer_curve_seeds: extra transfer-pool sizes (multiples of the labelled training set) for
+            one student's distilled_transfer curve (curve_student), trained on those seeds in the same worker pool
+            as the stage's runs; writes models/transfer_curve.csv ([] or None: no curve, the file is removed).
+        precision: must resolve to the teacher's precision (teacher_metrics.json): one precision per run.
+        workers: training processes run side by side (CPU only), each with threads // workers torch threads; every
+            run is seeded, so the results do not depend on which worker ran it.
+        launcher, processes: `accelerate` runs each training run data-parallel in `processes` processes under
+            `accelerate launch` (helpers.parallel.launcher; 0: accelerate's own config) and reads back the same files;
+            `inprocess` trains here (or in the `workers` pool).
+    Every decision (learning rate, best step, early stop, did-not-learn) reads validation data; test logits are
+    computed once per final checkpoint and only reported.
+    """
+    run_dir = Path(run_dir)
+    precision = resolve_precision(precision, device)
+    teacher_precision = teacher_summary(run_dir).get("precision", "fp32")
+    if precision != teacher_precision:
+        raise ValueError(f"parameter precision: the students would train in {precision} but the teacher of "
+                         f"{run_dir} trained in {teacher_precision}; rerun from stage 02 so one precision holds")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"parameter arms: unknown arm(s) {unknown} (known: {', '.join(ARMS)})")
+    arms = ["independent", *[a for a in ARMS[1:] if a in arms]]
+    if CHAIN_ARM in arms and "distilled" not in arms:
+        raise ValueError("parameter arms: chain needs distilled (the chain's first link is direct distillation, and "
+                         "every chain student is compared with its distilled arm)")
+    transfer = data_mod.load_transfer(run_dir)
+    pool_size = 0 if transfer is None else len(transfer)
+    if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or transfer_n == 0):
+        why = ("the run has no transfer pool (pass --transfer PATH for real data)" if pool_size == 0
+               else "transfer_n is 0")
+        print(f"transfer arms skipped: {why}", flush=True)
+        arms = [a for a in arms if a not in TRANSFER_ARMS]
+    n_transfer = min(transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
+    settings = {"max_len": max_len, "device": device, "teacher_mode": teacher_mode, "trim_vocab": trim_vocab,
+                "transfer_n": n_transfer, "model_overrides": model_overrides or {}, "max_steps": max_steps,
+                "batch_size": batch_size, "eval_every": eval_every, "patience": patience,
+                "selection_metric": selection_metric, "class_weighted": class_weighted, "precision": precision,
+                "alpha": alpha, "temperature": temperature, "launcher": launcher, "processes": processes,
+                "threads": threads}
+    shared = load_shared(run_dir, settings)
+    write_json(run_dir / "models" / "student_settings.json", settings)
+    if n_transfer:
+        print(f"transfer arms on {n_transfer} unlabelled cases ({n_transfer / len(shared.train_set):.1f}x the "
+              f"labelled training set)", flush=True)
+    transfer_students = list(transfer_students or students)
+    links: list[str] = []
+    if CHAIN_ARM in arms:
+        sizes = student_sizes(students, shared, model_overrides)
+        links = chain_order(sizes)
+        if len(links) < 2:
+            print("chain arm skipped: it needs two students or more (with one, the chain is direct distillation)",
+                  flush=True)
+            arms, links = [a for a in arms if a != CHAIN_ARM], []
+        else:
+            print(f"chain: teacher -> {' -> '.join(f'{n} ({sizes[n] / 1e6:.2f}M)' for n in links)}; {links[0]} "
+                  f"learns from the teacher (its chain runs are its distilled runs), each later student from the "
+                  f"previous one's seed-{seeds[0]} chain model", flush=True)
+    specs = {name: get_spec(name, model_overrides) for name in students}
+    grids = {name: (lr_grid if specs[name].init == "random" else lr_grid_warm) for name in students}
+    workers = max(1, int(workers)) if torch.device(device).type == "cpu" and launcher == "inprocess" else 1
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                            initargs=(str(run_dir), settings, max(1, threads // workers)))
+        print(f"{workers} training processes, {max(1, threads // workers)} thread(s) each", flush=True)
+    staging = run_dir / "models" / "students" / ".trials"
+    try:
+        trial_jobs = [Job(n, arm, seeds[0], lr, final=False) for n in students if len(grids[n]) > 1
+                      for lr in grids[n] for arm in ("independent", "distilled")]
+        trials = _run_jobs(trial_jobs, pool, "learning-rate trials") if trial_jobs else []
+        chosen, lr_table = select_learning_rates(trials, selection_metric) if trials else ({}, None)
+        for name in students:
+            chosen.setdefault(name, float(grids[name][0]))
+            if len(grids[name]) > 1:
+                print(f"{name}: learning rate {chosen[name]:g} chosen on validation {selection_metric} (seed "
+                      f"{seeds[0]}, mean of independent and distilled) from {', '.join(f'{g:g}' for g in grids[name])}",
+                      flush=True)
+        reused = {}
+        for t in trials:  # the chosen rate's trials are the seed-0 runs: move them into place, score test once
+            job = t["job"]
+            if job.lr == chosen[job.name]:
+                final = Job(job.name, job.arm, job.seed, job.lr, final=True)
+                target = job_folder(run_dir, final)
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                t["path"].rename(target)
+                model = load_model(target, device)
+                t.update(job=final, path=target, entry=index_entry(job.name, "student", job.arm, job.seed, target,
+                                                                    run_dir, model),
+                         test_logits=predict_logits(model, shared.encoded["test"], device=device,
+                                                    precision=precision))
+                reused[(job.name, job.arm)] = t
+        jobs = [Job(n, arm, seed, chosen[n], final=True) for n in students for seed in seeds for arm in arms
+                if (arm not in TRANSFER_ARMS or n in transfer_students) and arm != CHAIN_ARM and (n, arm, seed) not in
+                {(k[0], k[1], seeds[0]) for k in reused}]
+        chain_rows: list[dict[str, Any]] = []
+
+        def unlock(k: int, source: Path) -> list[Job]:
+            """Link k's jobs, once its teacher (the previous link's first-seed model at `source`) exists."""
+            path = cache_link_logits(shared, source)
+            chain_rows.append({"link": k + 1, "model": links[k], "teacher": links[k - 1],
+                               "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": seeds[0],
+                               "teacher_path": source.relative_to(run_dir).as_posix(),
+                               "logits": path.relative_to(run_dir).as_posix()})
+            return [Job(links[k], CHAIN_ARM, seed, chosen[links[k]], final=True,
+                        link_logits=path.relative_to(run_dir).as_posix()) for seed in seeds]
+
+        then, later = {}, 0
+        for k in range(1, len(links)):
+            source = (links[k - 1], "distilled" if k == 1 else CHAIN_ARM, seeds[0])
+            if k == 1 and (links[0], "distilled") in reused:  # the first link's seed-0 run is a reused trial
+                jobs += unlock(k, reused[(links[0], "distilled")]["path"])
+            else:
+                then[source] = lambda res, k=k: unlock(k, res["path"])
+                later += len(seeds)
+        curve_name = curve_student(students, arms, transfer_students) if transfer_curve else None
+        curve_seeds = list(transfer_curve_seeds or seeds[:1])
+        if curve_name is not None:  # the curve's extra points ride in the same pool, after the stage's own runs
+            jobs += _curve_jobs(curve_name, list(transfer_curve), curve_seeds, chosen[curve_name],
+                                len(shared.train_set), len(shared.transfer_set), n_transfer)
+        done = _run_jobs(jobs, pool, "runs", then=then, later=later)
+        finals = [r for r in done if r["job"].final] + list(reused.values())
+        curve_runs = [r for r in done if not r["job"].final]
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        shutil.rmtree(staging, ignore_errors=True)
+
+    order = {(n, a, s): i for i, (n, s, a) in enumerate((n, s, a) for n in students for s in seeds for a in arms)}
+    finals.sort(key=lambda f: order.get((f["job"].name, f["job"].arm, f["job"].seed), len(order)))
+    index = read_index(run_dir)
+    entries, metric_frames, pred_frames, runs = [], [], [], []
+    test_ids = load_cases(run_dir)["test"]["id"]
+    for f in finals:
+        metrics, preds = record(f["entry"], {"val": f["val_logits"], "test": f["test_logits"]},
+                                shared.labels, shared.t_logits, test_ids)
+        entries.append(f["entry"])
+        metric_frames.append(metrics)
+        pred_frames.append(preds)
+        runs.append({**f["row"], "lr": f["job"].lr, "workers": workers})
+    metrics, preds = pd.concat(metric_frames, ignore_index=True), pd.concat(pred_frames, ignore_index=True)
+    replace_student_rows(run_dir, metrics, preds, students)
+    index["students"] = entries
+    index["precision"] = precision
+    write_index(run_dir, index)
+    runs = pd.DataFrame(runs)
+    write_csv(run_dir / "models" / "student_runs.csv", runs)
+    _write_chain(run_dir, links, chain_rows, index)
+    lr_path = run_dir / "models" / "lr_selection.csv"
+    if lr_table is not None:
+        write_csv(lr_path, lr_table)
+    else:
+        lr_path.unlink(missing_ok=True)
+    gain = kd_gain_table(preds.astype({"id": str}), students, teacher_predictions(run_dir),
+                         meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n, runs=runs)
+    write_csv(run_dir / "models" / "kd_gain.csv", gain)
+    curve = None
+    if curve_name is not None:
+        curve = _write_curve(run_dir, curve_name, curve_seeds, curve_runs, shared, n_transfer)
+    else:
+        (run_dir / "models" / "transfer_curve.csv").unlink(missing_ok=True)
+    return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table, "transfer_curve": curve}
+
+
+def curve_student(students: list[str], arms: list[str], transfer_students: list[str] | None) -> str | None:
+    """The student whose transfer curve is drawn: the last transfer student (None without distilled_transfer)."""
+    name = (list(transfer_students or []) or students)[-1]
+    return name if name in students and "distilled_transfer" in arms else None
+
+
+def _curve_jobs(student: str, multiples: list[float], seeds: list[int], lr: float, n_train: int, pool: int,
+                transfer_n: int) -> list[Job]:
+    """Trial runs for the curve's extra points (0 and the stage's own transfer_n are the arms already trained)."""
+    sizes = sorted({min(int(round(m * n_train)), pool) for m in multiples})
+    return [Job(student, "distilled_transfer", seed, lr, final=False, transfer_n=n)
+            for n in sizes if n not in (0, transfer_n) for seed in seeds]
+
+
+def _write_curve(run_dir: Path, student: str, seeds: list[int], results: list[dict[str, Any]], shared: Shared,
+                 transfer_n: int) -> pd.DataFrame:
+    """models/transfer_curve.csv: the curve's trial points plus the distilled (0) and distilled_transfer arms."""
+    metrics = pd.read_csv(run_dir / "models" / "metrics.csv")
+    rows = []
+    for arm, n in (("distilled", 0), ("distilled_transfer", transfer_n)):
+        done = metrics[(metrics["model"] == student) & (metrics["mode"] == arm) & metrics["seed"].isin(seeds)]
+        for r in done.itertuples():
+            rows.append({"transfer_n": n, "seed": r.seed, "split": r.split, "accuracy": r.accuracy})
+    for res in results:
+        job = res["job"]
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "val", "accuracy": res["val_accuracy"]})
+        rows.append({"transfer_n": job.transfer_n, "seed": job.seed, "split": "test",
+                     "accuracy": float((res["test_logits"].argmax(1) == shared.labels["test"]).mean())})
+    curve = pd.DataFrame(rows)
+    curve.insert(0, "model", student)
+    curve["multiple_of_train"] = (curve["transfer_n"] / len(shared.train_set)).round(2)
+    curve = curve.sort_values(["transfer_n", "split", "seed"]).reset_index(drop=True)
+    write_csv(run_dir / "models" / "transfer_curve.csv", curve)
+    return curve
+
+
+def _write_chain(run_dir: Path, links: list[str], rows: list[dict[str, Any]], index: dict[str, Any]) -> None:
+    """models/chain.csv: one row per link (who taught whom, from which cached logits); drop stale link logits."""
+    path, cache = run_dir / "models" / "chain.csv", run_dir / "models" / "chain_logits"
+    if not links:
+        path.unlink(missing_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        return
+    params = {e["name"]: e["params"] for e in index["students"]}
+    first = {"link": 1, "model": links[0], "teacher": index["teacher"]["name"], "teacher_mode": "teacher",
+             "teacher_seed": int(index["teacher"]["seed"]), "teacher_path": index["teacher"]["path"],
+             "logits": "models/teacher_logits/"}
+    table = pd.DataFrame([first, *sorted(rows, key=lambda r: r["link"])])
+    sizes = {**params, index["teacher"]["name"]: index["teacher"]["params"]}
+    table.insert(2, "params", [sizes[m] for m in table["model"]])
+    table.insert(4, "teacher_params", [sizes[t] for t in table["teacher"]])
+    write_csv(path, table)
+    used = {Path(p).name for p in table["logits"]}
+    for f in cache.glob("*.safetensors"):  # logits of checkpoints an earlier run of the stage trained
+        if f.name not in used:
+            f.unlink()
+
+
+def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float], seeds: list[int],
+                   workers: int = 1, threads: int = 2) -> pd.DataFrame:
+    """Accuracy of one student's distilled_transfer arm against the transfer-pool size, in multiples of the labelled
+    training set (0: the distilled arm itself; the stage's own transfer_n is reused, not retrained).
+
+    Stage 03 draws this curve itself (`transfer_curve` parameter, in its own worker pool); this function redraws it
+    for other sizes or seeds from a finished stage. Runs with the stage's saved settings (learning rate from
+    lr_selection, budget, precision); each extra point is a trial run whose checkpoint is discarded. Writes
+    models/transfer_curve.csv. The test column is reported only; nothing is chosen from this curve.
+    """
+    run_dir = Path(run_dir)
+    settings = read_json(run_dir / "models" / "student_settings.json")
+    runs = pd.read_csv(run_dir / "models" / "student_runs.csv", keep_default_na=False)
+    mine = runs[runs["model"] == student]
+    if mine.empty or "distilled_transfer" not in set(mine["mode"]):
+        raise ValueError(f"student {student!r} has no distilled_transfer runs in {run_dir}: add it to "
+                         f"transfer_students and rerun stage 03")
+    shared = load_shared(run_dir, settings)
+    pool_size = 0 if shared.transfer_set is None else len(shared.transfer_set)
+    jobs = _curve_jobs(student, multiples, seeds, float(mine["lr"].iloc[0]), len(shared.train_set), pool_size,
+                       settings["transfer_n"])
+    pool_ = None
+    if workers > 1 and len(jobs) > 1 and settings.get("launcher", "inprocess") == "inprocess":
+        import multiprocessing as mp
+
+        pool_ = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                             initargs=(str(run_dir), settings, max(1, threads // workers)))
+    try:
+        results = _run_jobs(jobs, pool_, "transfer curve")
+    finally:
+        if pool_ is not None:
+            pool_.close()
+            pool_.join()
+        shutil.rmtree(run_dir / "models" / "students" / ".trials", ignore_errors=True)
+    return _write_curve(run_dir, student, seeds, results, shared, settings["transfer_n"])

@@ -1,0 +1,214 @@
+"""Stage 02: fine-tune the teacher (and a second-seed teacher for the noise ceiling), cache its logits."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers.core.constants import SPLITS
+from helpers.core.progress import Progress, QueueFile, quiet_worker, relay
+from helpers.core.run_folder import write_csv, write_index, write_json
+from helpers.data import store as data_mod
+from helpers.data.store import load_cases
+from helpers.evaluation.metrics import is_collapsed
+from helpers.models.build import build_model, load_model, save_model
+from helpers.models.specs import get_spec
+from helpers.training.checkpoints import index_entry, record
+from helpers.training.datasets import CaseDataset, encode, encode_splits
+from helpers.training.loop import TrainConfig, predict_logits, train
+from helpers.training.precision import resolve_precision
+from helpers.training.teacher_logits import cache_teacher_logits
+
+
+def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
+    """Fine-tune one teacher (the teacher or the ceiling teacher) and save it; its validation logits come back.
+
+    Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
+    lines go to `job["lines"]`, a queue the notebook prints from). The other splits are scored afterwards, in
+    chunks shared out over the workers (score_chunk). Under `accelerate launch` (helpers.parallel.launcher) every process
+    calls it with its `accelerator`; only the main process saves and returns (the others return None).
+    """
+    if "threads" in job:
+        quiet_worker(job["threads"])
+    start = time.perf_counter()
+    run_dir = Path(job["run_dir"])
+    cases = load_cases(run_dir)
+    encoded = encode_splits({s: cases[s] for s in ("train", "val")}, job["max_len"])
+    labels = {s: cases[s]["label"].to_numpy() for s in ("train", "val")}
+    spec = get_spec(job["teacher"], job["model_overrides"])
+    model = build_model(spec, seed=job["seed"], num_labels=len(data_mod.load_classes(run_dir)["classes"]),
+                        keep_ids=job["keep_ids"])
+    out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
+    bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
+    cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
+                      eval_every=job["eval_every"], patience=0, selection_metric=job["selection_metric"],
+                      class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
+                      progress=bar)
+    result = train(model, CaseDataset(encoded["train"], labels["train"]),
+                   CaseDataset(encoded["val"], labels["val"]), cfg, mode="independent", accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
+    out = save_model(result.model, run_dir / "models" / job["folder"], spec)
+    history = result.history
+    history.insert(0, "seed", job["seed"])
+    write_csv(out / "history.csv", history)
+    mode = "teacher" if job["role"] == "teacher" else "ceiling"
+    return {"role": job["role"], "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir,
+                                                      result.model),
+            "history": history, "seconds": time.perf_counter() - start, "examples": result.train_examples,
+            "train_seconds": result.train_seconds, "best_step": result.best_step,
+            "val_logits": result.val_logits.astype(np.float32)}
+
+
+_LOADED: dict[str, Any] = {}  # per process: the checkpoint score_chunk last loaded, and the run's cases
+
+
+def score_chunk(chunk: dict[str, Any]) -> np.ndarray:
+    """Logits of rows [start, stop) of one split for one saved teacher (checkpoint and cases read once per process)."""
+    if "threads" in chunk:
+        quiet_worker(chunk["threads"])
+    folder = chunk["folder"]
+    if _LOADED.get("folder") != folder:
+        _LOADED.update(folder=folder, model=load_model(folder, chunk["device"]))
+    if _LOADED.get("run_dir") != chunk["run_dir"]:
+        _LOADED.update(run_dir=chunk["run_dir"], cases=load_cases(chunk["run_dir"]))
+    texts = _LOADED["cases"][chunk["split"]]["text"].iloc[chunk["start"]:chunk["stop"]]
+    return predict_logits(_LOADED["model"], encode(texts.tolist(), chunk["max_len"]), device=chunk["device"],
+                          precision=chunk["precision"]).astype(np.float32)
+
+
+def score_chunks(run_dir: Path, wanted: dict[str, list[str]], sizes: dict[str, int], *, max_len: int,
+                 device: str, precision: str, pool: Any = None, threads: int = 0,
+                 chunk: int = 500) -> dict[str, dict[str, np.ndarray]]:
+    """{folder: {split: logits}} for each saved teacher folder and its splits, scored in chunks of `chunk` rows
+    spread over `pool` (None: in this process); every split is scored once per checkpoint. Pass a pool started for
+    this call: its processes keep the checkpoint and cases they loaded."""
+    jobs = [{"run_dir": str(run_dir), "folder": str(run_dir / "models" / folder), "split": split, "start": a,
+             "stop": min(a + chunk, sizes[split]), "max_len": max_len, "device": device, "precision": precision,
+             **({"threads": threads} if pool is not None else {})}
+            for folder, splits in wanted.items() for split in splits for a in range(0, sizes[split], chunk)]
+    _LOADED.clear()  # in this process: never a checkpoint or cases from an earlier call (a rerun in the same kernel)
+    parts = pool.map(score_chunk, jobs, chunksize=1) if pool is not None else [score_chunk(j) for j in jobs]
+    _LOADED.clear()
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for j, logits in zip(jobs, parts):
+        out.setdefault(Path(j["folder"]).name, {}).setdefault(j["split"], []).append(logits)
+    return {f: {s: np.concatenate(v) for s, v in d.items()} for f, d in out.items()}
+
+
+def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int, teacher_lr: float,
+                      teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
+                      class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
+                      precision: str = "auto", model_overrides: dict[str, str] | None = None,
+                      trim_vocab: bool = True, progress: bool = True, workers: int = 1,
+                      threads: int = 2, launcher: str = "inprocess", processes: int = 0) -> dict[str, Any]:
+    """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
+
+    The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
+    recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
+    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each. With
+    `launcher` accelerate each teacher trains data-parallel in `processes` processes under `accelerate launch`
+    (helpers.parallel.launcher; 0: accelerate's own config), one after the other, and the same files come back.
+    With `trim_vocab` each teacher keeps only the word-embedding rows of the wordpieces the run's texts use
+    (data/vocab.json; token ids unchanged, other wordpieces map to [UNK]): on every text of the run it computes
+    what the full model would, while AdamW stops updating ~30k rows no case looks up.
+    """
+    run_dir = Path(run_dir)
+    precision = resolve_precision(precision, device)
+    splits = load_cases(run_dir)
+    card = data_mod.load_data_card(run_dir)
+    encoded = encode_splits(splits, max_len)
+    labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
+    get_spec(teacher, model_overrides)  # an unknown spec fails here, before any process starts
+    per_epoch = int(np.ceil(len(encoded["train"]) / batch_size))
+    jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": teacher,
+             "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
+             "max_steps": teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": teacher_lr,
+             "selection_metric": selection_metric, "class_weighted": class_weighted, "device": device,
+             "precision": precision, "progress": progress,
+             "keep_ids": data_mod.load_vocabulary(run_dir) if trim_vocab else None}
+            for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
+                                                                               "teacher_ceiling"))]
+    workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    # The teacher's logits are needed on every split and the transfer pool (the students read them); the ceiling
+    # teacher's on val and test. Validation logits come from training (its best step); the rest is scored once.
+    wanted = {"teacher": [s for s in encoded if s != "val"], "teacher_ceiling": ["test"]}
+    sizes = {s: len(e) for s, e in encoded.items()}
+    score_args = {"max_len": max_len, "device": device, "precision": precision}
+    if launcher == "accelerate":
+        from helpers.parallel.launcher import launch_teacher
+
+        done = [launch_teacher(j, processes=processes, threads=threads) for j in jobs]
+        scored = score_chunks(run_dir, wanted, sizes, **score_args)
+    elif workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        n_proc = min(workers, len(jobs))
+        threads_each = max(1, threads // n_proc)
+        with ctx.Manager() as manager, ctx.Pool(n_proc) as pool:
+            lines = manager.Queue()
+            with relay(lines):
+                done = pool.map(fit_teacher, [dict(j, threads=threads_each, lines=lines) for j in jobs])
+            scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=threads_each, **score_args)
+        print(f"(the two teachers trained side by side in {n_proc} processes, {threads_each} thread(s) each; "
+              f"their splits scored in chunks over the same processes)", flush=True)
+    else:
+        done = [fit_teacher(j) for j in jobs]
+        scored = score_chunks(run_dir, wanted, sizes, **score_args)
+    results = {d["role"]: d for d in done}
+    for role, folder in (("teacher", "teacher"), ("ceiling", "teacher_ceiling")):
+        results[role]["logits"] = {"val": results[role]["val_logits"], **scored[folder]}
+    entries = {role: d["entry"] for role, d in results.items()}
+    histories = {role: d["history"] for role, d in results.items()}
+    timings = {role: d["seconds"] for role, d in results.items()}
+    for role, d in results.items():
+        print(f"{role} ({teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
+              f"examples, {d['examples'] / d['train_seconds']:.0f}/s in training steps, {precision}), best epoch "
+              f"{d['best_step'] // per_epoch} of {teacher_epochs} (chosen on validation {selection_metric})",
+              flush=True)
+    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision,
+                                                 computed=results["teacher"]["logits"])
+    c_logits = results["ceiling"]["logits"]
+    metrics, preds = record(entries["teacher"], t_logits, labels, None, splits["test"]["id"])
+    c_metrics, c_preds = record(entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
+    t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()
+    t_val = metrics[metrics["split"] == "val"].iloc[0].to_dict()
+    base = card["baselines"]
+    # The collapse gate reads validation: a teacher no better than the majority class there is not distilled from.
+    collapsed = is_collapsed(t_val, base["majority"]["val"]["accuracy"])
+    share = "positive_rate" if "positive_rate" in t_val else "top_class_share"  # two classes | K classes
+    summary = {
+        "teacher": entries["teacher"], "ceiling": entries["ceiling"],
+        "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
+        "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
+        "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
+            ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
+        "collapsed": collapsed, "collapse_gate_split": "val",
+        "precision": precision, "trim_vocab": bool(trim_vocab),
+        "majority_rate": card["majority_rate"],
+        "majority_val_accuracy": base["majority"]["val"]["accuracy"],
+        "majority_test_accuracy": base["majority"]["test"]["accuracy"],
+        "tfidf_test_accuracy": base["tfidf_logreg"]["test"]["accuracy"],
+        "margin_over_tfidf": t_test["accuracy"] - base["tfidf_logreg"]["test"]["accuracy"],
+        "margin_over_majority": t_test["accuracy"] - base["majority"]["test"]["accuracy"],
+        "logits_cache": str(logits_path.relative_to(run_dir)),
+        "train_seconds": timings,
+    }
+    write_json(run_dir / "models" / "teacher_metrics.json", summary)
+    all_metrics = pd.concat([metrics, c_metrics], ignore_index=True)
+    write_csv(run_dir / "models" / "metrics.csv", all_metrics)
+    write_csv(run_dir / "models" / "predictions.csv", pd.concat([preds, c_preds], ignore_index=True))
+    write_index(run_dir, {"teacher": entries["teacher"], "teacher_ceiling": entries["ceiling"],
+                          "teacher_collapsed": collapsed, "students": []})
+    if collapsed:
+        print(f"WARNING: the teacher collapsed: validation accuracy {t_val['accuracy']:.3f} does not beat the "
+              f"majority class ({base['majority']['val']['accuracy']:.3f}) or it predicts one class only "
+              f"({share.replace('_', ' ')} {t_val[share]:.2f}). Distillation comparisons will be marked not "
+              f"meaningful.")
+    return {"summary": summary, "metrics": all_metrics, "history": pd.concat(histories.values(), keys=histories.keys(),
+                                                                             names=["role", None]).reset_index(0)}

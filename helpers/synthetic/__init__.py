@@ -1,0 +1,1 @@
+"""The synthetic JUSTICE-schema corpus and its documented latent rule."""

@@ -1,0 +1,1 @@
+"""Every figure and table a notebook shows, built from the run folder."""
