@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from helpers.benchmark import timing as benchmark_timing
+    from helpers.core.params import ReportParams
     from helpers.models.specs import get_spec
     from helpers.run.notebook_setup import setup
     from helpers.stages import benchmark as stages_benchmark
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {note}")
 
     if args.run_dir is not None:
-        res = stages_benchmark.benchmark_run(args.run_dir, max_len=args.max_len, repeats=args.repeats,
-                                             warmup=args.warmup,
-                                      threads=args.threads, device=device, seeds=args.seeds, paper_benchmark=False,
-                                      write=args.write)
+        params = ReportParams(run_dir=str(args.run_dir), max_len=args.max_len, bench_repeats=args.repeats,
+                              bench_warmup=args.warmup, threads=args.threads, device=str(device),
+                              bench_seeds=list(args.seeds), paper_benchmark=False)
+        res = stages_benchmark.benchmark_run(params, write=args.write)
         cols = ["model", "mode", "seed", "size_mb", "latency_ms_b1", "latency_ms_b32", "latency_ms_b32_iqr",
                 "speedup_vs_teacher_b1", "speedup_vs_teacher_b32"]
         print(f"\nTrained models in {args.run_dir} (one timing per architecture, shared by modes and seeds):")

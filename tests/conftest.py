@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.core.params import AttributionParams, DataParams, ReportParams, StudentParams, TeacherParams
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -38,3 +40,32 @@ def smoke_run(tmp_path_factory) -> Path:
     report = run(params, log_output=False)
     assert all(r["status"] == "ran" for r in report), report
     return run_dir
+
+
+# ---------------------------------------------------------------- stage parameters for tests
+# A test's stage parameters: the declared defaults (the default profile), with test-sized settings over them (small
+# corpora split by fractions, one worker, no transfer pool or curve unless the test asks), then the test's own.
+DATA_TEST = dict(synthetic_n=1600, max_len=128, val_n=0, test_n=0, synthetic_transfer_n=0)
+TRAINING_TEST = dict(device="cpu", workers=1)
+STUDENT_TEST = dict(TRAINING_TEST, transfer_n=0, transfer_students=[], transfer_curve=[])
+REPORT_TEST = dict(bench_repeats=20, bench_warmup=3, bench_cases=0, paper_repeats=0)
+
+
+def data_params(run_dir, **kw) -> DataParams:
+    return DataParams(run_dir=str(run_dir), **{**DATA_TEST, **kw})
+
+
+def teacher_params(run_dir, **kw) -> TeacherParams:
+    return TeacherParams(run_dir=str(run_dir), **{**TRAINING_TEST, **kw})
+
+
+def student_params(run_dir, **kw) -> StudentParams:
+    return StudentParams(run_dir=str(run_dir), **{**STUDENT_TEST, **kw})
+
+
+def attribution_params(run_dir, **kw) -> AttributionParams:
+    return AttributionParams(run_dir=str(run_dir), **kw)
+
+
+def report_params(run_dir, **kw) -> ReportParams:
+    return ReportParams(run_dir=str(run_dir), **{**REPORT_TEST, **kw})

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import attribution_params
 
 from helpers.attribution import agreement
 from helpers.attribution import integrated_gradients as attribution
@@ -296,7 +297,7 @@ STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_intern
 
 
 def test_stage_writes_every_documented_file(run_folder, capsys):
-    res = attribution_stage.run_attribution_stage(run_folder, **STAGE_ARGS)
+    res = attribution_stage.run_attribution_stage(attribution_params(run_folder, **STAGE_ARGS))
     out = run_folder / "attributions"
     for name in ["per_example.csv", "summary.csv", "kd_diff.csv", "timing.csv", "examples.csv", "examples.html",
                  "cache/teacher.safetensors", "cache/teacher_ceiling.safetensors"]:
@@ -345,15 +346,17 @@ def test_stage_writes_every_documented_file(run_folder, capsys):
 
 
 def test_rerun_reuses_every_cached_attribution(run_folder, monkeypatch):
-    attribution_stage.run_attribution_stage(run_folder, **STAGE_ARGS)  # fills the cache if run alone
+    attribution_stage.run_attribution_stage(attribution_params(run_folder,
+                                                               **STAGE_ARGS))  # fills the cache if run alone
     calls = []
     real = attribution.integrated_gradients
     monkeypatch.setattr(attribution, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k))
-    res = attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, aggregate_words=True))
+    res = attribution_stage.run_attribution_stage(attribution_params(run_folder,
+                                                                     **dict(STAGE_ARGS, aggregate_words=True)))
     assert calls == [] and res["timing"]["cached"].all()
     # a different number of IG steps changes the key: everything is recomputed (a second call for the models
     # whose own predicted class differs from the teacher's somewhere)
-    res = attribution_stage.run_attribution_stage(run_folder, **dict(STAGE_ARGS, ig_steps=4))
+    res = attribution_stage.run_attribution_stage(attribution_params(run_folder, **dict(STAGE_ARGS, ig_steps=4)))
     per = res["per_example"]
     differ = per[per["own_pred"] != per["teacher_pred"]].groupby(["model", "mode", "seed"]).ngroups
     assert len(calls) == 4 + differ and not res["timing"]["cached"].any()
@@ -367,7 +370,8 @@ def test_stage_without_rationales_ceiling_or_distilled_students(run_folder, tmp_
     (run / "data" / "rationales.jsonl").unlink()
     shutil.rmtree(run / "models" / "teacher_ceiling")
     shutil.rmtree(run / "models" / "students" / "Smoke_Tiny_1x32" / "distilled")
-    res = attribution_stage.run_attribution_stage(run, **dict(STAGE_ARGS, faithfulness_replacement="mask"))
+    params = attribution_params(run, **dict(STAGE_ARGS, faithfulness_replacement="mask"))
+    res = attribution_stage.run_attribution_stage(params)
     assert res["per_example"]["rationale_recall"].isna().all()
     assert "rationale_recall" not in set(res["summary"]["metric"])
     assert set(res["summary"]["mode"]) == {"teacher", "independent"} and res["kd_diff"].empty

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import report_params
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -171,8 +172,8 @@ def test_deploy_variants_leave_the_model_alone(smoke_models):
 
 def test_benchmark_run_writes_the_documented_files(fake_run):
     paper = [REGISTRY["Smoke_Teacher_2x64"], REGISTRY["Smoke_Tiny_1x32"]]
-    res = stages_benchmark.benchmark_run(fake_run, max_len=16, repeats=3, warmup=1, threads=1, device="cpu", seeds=(0,),
-                                  paper=paper)
+    res = stages_benchmark.benchmark_run(report_params(fake_run, max_len=16, bench_repeats=3, bench_warmup=1, threads=1,
+                                                       device="cpu", bench_seeds=[0]), paper=paper)
     out = fake_run / "benchmark"
     latency = pd.read_csv(out / "benchmark.csv")
     assert list(latency.columns) == benchmark_timing.BENCHMARK_COLUMNS
@@ -203,7 +204,7 @@ def test_benchmark_run_writes_the_documented_files(fake_run):
 
 def test_benchmark_run_needs_models_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="models.json"):
-        stages_benchmark.benchmark_run(tmp_path, max_len=16)
+        stages_benchmark.benchmark_run(report_params(tmp_path, max_len=16))
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -1,4 +1,4 @@
-"""Two runs compared row by row (helpers.report.comparison): paired differences, and what else differs between the runs."""
+"""Two runs compared row by row (helpers.report.comparison): paired differences, and what else differs."""
 from __future__ import annotations
 
 import shutil

@@ -7,6 +7,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_params
 
 from helpers.core import constants as core_constants
 from helpers.core import errors as core_errors
@@ -124,19 +125,19 @@ def test_bad_input_raises_data_error_and_writes_nothing(tmp_path, kind):
         make(path)
     run_dir = tmp_path / "runs" / "r"
     with pytest.raises(core_errors.DataError) as err:
-        stages_data.prepare(run_dir, data_path=str(path))
+        stages_data.prepare(data_params(run_dir, data_path=str(path)))
     assert str(path) in str(err.value) and problem in str(err.value)
     assert_no_data_written(run_dir)
 
 
 def test_failed_prepare_leaves_an_earlier_good_run_untouched(tmp_path):
     run_dir = tmp_path / "runs" / "r"
-    stages_data.prepare(run_dir, data_path=str(write_cases(tmp_path / "good.csv")))
+    stages_data.prepare(data_params(run_dir, data_path=str(write_cases(tmp_path / "good.csv"))))
     before = {p.name: p.read_bytes() for p in (run_dir / "data").iterdir()}
     bad = tmp_path / "bad.csv"
     _bad_labels(bad)
     with pytest.raises(core_errors.DataError):
-        stages_data.prepare(run_dir, data_path=str(bad))
+        stages_data.prepare(data_params(run_dir, data_path=str(bad)))
     assert {p.name: p.read_bytes() for p in (run_dir / "data").iterdir()} == before
     assert [p.name for p in run_dir.parent.iterdir()] == ["r"]
 
@@ -144,7 +145,7 @@ def test_failed_prepare_leaves_an_earlier_good_run_untouched(tmp_path):
 @pytest.mark.parametrize("kwargs", [{"val_frac": 0.0}, {"test_frac": 1.2}, {"val_frac": 0.5, "test_frac": 0.5}])
 def test_invalid_split_fractions_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError, match="frac"):
-        stages_data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "good.csv")), **kwargs)
+        stages_data.prepare(data_params(tmp_path / "r", data_path=str(write_cases(tmp_path / "good.csv")), **kwargs))
     assert not (tmp_path / "r").exists()
 
 
@@ -154,9 +155,9 @@ def test_prepare_and_the_profile_validator_share_one_max_len_bound(tmp_path):
     from helpers.core.errors import ConfigError
 
     good = str(write_cases(tmp_path / "good.csv"))
-    with pytest.raises(ValueError, match=f"max_len must be at least {MIN_MAX_LEN}"):
-        stages_data.prepare(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1)
-    with pytest.raises(ConfigError, match="max_len"):
+    with pytest.raises(ConfigError, match=f"parameter max_len: must be at least {MIN_MAX_LEN}"):
+        stages_data.prepare(data_params(tmp_path / "r", data_path=good, max_len=MIN_MAX_LEN - 1))
+    with pytest.raises(ConfigError, match=f"parameter max_len: must be at least {MIN_MAX_LEN}"):
         resolve("smoke", overrides=[("max_len", str(MIN_MAX_LEN - 1))])
     assert not (tmp_path / "r").exists()
 
@@ -165,11 +166,12 @@ def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
     extra = [{"ID": 999, "first_party": "", "second_party": "", "facts": "<p>Party names unknown here.</p>",
               "first_party_winner": "FALSE", "issue_area": "Privacy"}]
     path = write_cases(tmp_path / "c.csv", extra=extra)
-    stages_data.prepare(tmp_path / "r", data_path=str(path), text_template="{facts} [{issue_area}, {term}]")
+    stages_data.prepare(data_params(tmp_path / "r", data_path=str(path),
+                                    text_template="{facts} [{issue_area}, {term}]"))
     cases = pd.concat(data_store.load_splits(tmp_path / "r").values())
     row = cases.set_index("id").loc["100"]
     assert row["text"] == "Case 0 concerns contract number 0 and a dispute over wheat. [Economic Activity, 1999]"
-    stages_data.prepare(tmp_path / "r2", data_path=str(path))
+    stages_data.prepare(data_params(tmp_path / "r2", data_path=str(path)))
     cases = pd.concat(data_store.load_splits(tmp_path / "r2").values()).set_index("id")
     assert cases.loc["100", "text"].startswith("Alpha0 v. Beta0. Case 0 concerns")
     assert cases.loc["999", "text"] == "v. . Party names unknown here."
@@ -182,7 +184,8 @@ def test_template_is_applied_and_missing_parties_are_empty(tmp_path):
                                            ("{facts} {judge}", "judge")])
 def test_leaking_or_unknown_template_fields_are_refused(tmp_path, template, word):
     with pytest.raises(ValueError) as err:
-        stages_data.prepare(tmp_path / "r", data_path=str(write_cases(tmp_path / "c.csv")), text_template=template)
+        stages_data.prepare(data_params(tmp_path / "r", data_path=str(write_cases(tmp_path / "c.csv")),
+                                        text_template=template))
     assert "text_template" in str(err.value) and word in str(err.value)
     assert not (tmp_path / "r").exists()
 
@@ -199,7 +202,7 @@ def test_split_is_stratified_and_duplicates_never_straddle(tmp_path):
             extra.append({"ID": case_id, "first_party": "Local 7", "second_party": "Acme",
                           "facts": f"<p>{facts}</p>", "first_party_winner": label})
     path = write_cases(tmp_path / "c.csv", n_pos=120, n_neg=80, extra=extra)
-    card = stages_data.prepare(tmp_path / "r", data_path=str(path))
+    card = stages_data.prepare(data_params(tmp_path / "r", data_path=str(path)))
     splits = data_store.load_splits(tmp_path / "r")
     found = pd.concat(splits.values())["id"]
     assert card["n_duplicates_removed"] == 6 and found.is_unique
@@ -218,14 +221,14 @@ def test_split_is_reproducible_and_seed_dependent(tmp_path):
     path = write_cases(tmp_path / "c.csv", n_pos=60, n_neg=40)
     ids = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        stages_data.prepare(tmp_path / name, data_path=str(path), split_seed=seed)
+        stages_data.prepare(data_params(tmp_path / name, data_path=str(path), split_seed=seed))
         ids[name] = data_store.load_splits(tmp_path / name)["test"]["id"].tolist()
     assert ids["a"] == ids["b"] and ids["a"] != ids["c"]
 
 
 def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
     run_dir = tmp_path / "run"
-    card = stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64)
+    card = stages_data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=1, max_len=64))
     files = {p.name for p in (run_dir / "data").iterdir()}
     assert files == {"raw.csv", "raw_rationales.jsonl", "train.csv", "val.csv", "test.csv", "rationales.jsonl",
                      "data_card.json", "vocab.json", "classes.json"}
@@ -262,7 +265,7 @@ def test_prepare_synthetic_writes_the_documented_run_folder(tmp_path):
 
 def test_figures_tables_and_examples(tmp_path):
     run_dir = tmp_path / "run"
-    card = stages_data.prepare(run_dir, synthetic_n=200, synthetic_seed=2)
+    card = stages_data.prepare(data_params(run_dir, synthetic_n=200, synthetic_seed=2))
     splits = data_store.load_splits(run_dir)
     views_data.plot_label_balance(splits, run_dir)
     fig = views_data.plot_lengths(splits, 128, run_dir)
@@ -293,8 +296,8 @@ def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
         assert data_baselines._visible_rule_prob(case, rec, inside) == [rule_prob("Civil Rights", seen)]
     # through prepare: the oracle ignores max_len; the visible ceiling equals it when every cue is inside, and
     # falls below it when truncation hides cues
-    short = stages_data.prepare(tmp_path / "short", synthetic_n=300, synthetic_seed=1, max_len=12)
-    long = stages_data.prepare(tmp_path / "long", synthetic_n=300, synthetic_seed=1, max_len=512)
+    short = stages_data.prepare(data_params(tmp_path / "short", synthetic_n=300, synthetic_seed=1, max_len=12))
+    long = stages_data.prepare(data_params(tmp_path / "long", synthetic_n=300, synthetic_seed=1, max_len=512))
     assert short["bayes_accuracy"] == long["bayes_accuracy"]
     assert long["cue_within_max_len_share"] == 1.0 and long["visible_rule_accuracy"] == long["bayes_accuracy"]
     assert short["cue_within_max_len_share"] < 0.5
@@ -303,8 +306,8 @@ def test_visible_rule_ceiling_counts_only_the_cues_inside_max_len(tmp_path):
 
 def test_absolute_split_sizes_and_the_synthetic_transfer_pool(tmp_path):
     run_dir = tmp_path / "run"
-    card = stages_data.prepare(run_dir, synthetic_n=600, synthetic_seed=3, max_len=48, val_n=120, test_n=300,
-                        synthetic_transfer_n=200)
+    card = stages_data.prepare(data_params(run_dir, synthetic_n=600, synthetic_seed=3, max_len=48, val_n=120,
+                                           test_n=300, synthetic_transfer_n=200))
     assert abs(card["n_val"] - 120) <= 2 and abs(card["n_test"] - 300) <= 2
     transfer = data_store.load_transfer(run_dir)
     assert card["n_transfer"] == len(transfer) > 150 and list(transfer.columns) == ["id", "text", "issue_area",
@@ -330,12 +333,12 @@ def test_transfer_csv_labels_are_ignored_and_sizes_too_large_are_refused(tmp_pat
                   for i in range(10)] + [{"ID": 100, "first_party": "Alpha0", "second_party": "Beta0",
                                           "facts": "<p>Case 0 concerns contract number 0 and a dispute over wheat.</p>",
                                           "first_party_winner": "TRUE"}]).to_csv(pool, index=False)
-    card = stages_data.prepare(tmp_path / "run", data_path=str(path), transfer_path=str(pool))
+    card = stages_data.prepare(data_params(tmp_path / "run", data_path=str(path), transfer_path=str(pool)))
     assert card["n_transfer"] == 10 and card["transfer_source"].endswith("pool.csv")
     assert card["n_transfer_dropped_overlap"] == 1  # a copy of a labelled case never enters the pool
     assert not (tmp_path / "run" / "data" / "transfer_truth.csv").exists()
     with pytest.raises(core_errors.DataError, match="val_n"):
-        stages_data.prepare(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40)
+        stages_data.prepare(data_params(tmp_path / "run2", data_path=str(path), val_n=60, test_n=40))
     assert not (tmp_path / "run2" / "data").exists()
 
 

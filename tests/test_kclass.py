@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import data_params
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from helpers.config.resolve import resolve
@@ -41,7 +42,8 @@ def write_areas(path, counts: dict[str, int], blank: int = 0):
 def test_rare_classes_merge_into_other_and_are_counted(tmp_path):
     path = write_areas(tmp_path / "areas.csv", {"Civil Rights": 60, "Criminal Procedure": 90, "Unions": 40,
                                                 "Privacy": 12, "Attorneys": 9}, blank=5)
-    card = stages_data.prepare(tmp_path / "run", data_path=str(path), task="issue_area", min_class_count=20, max_len=32)
+    card = stages_data.prepare(data_params(tmp_path / "run", data_path=str(path), task="issue_area", min_class_count=20,
+                                           max_len=32))
     assert card["n_dropped_blank_label"] == 5
     assert card["classes"] == ["Criminal Procedure", "Civil Rights", "Unions", "Other"]  # by frequency, Other last
     assert card["merged_into_other"] == {"Attorneys": 9, "Privacy": 12} and card["n_dropped_rare_class"] == 0
@@ -55,17 +57,16 @@ def test_rare_classes_merge_into_other_and_are_counted(tmp_path):
     assert card["baselines"]["majority"]["test"]["accuracy"] == pytest.approx(
         (test["label"] == 0).mean(), abs=1e-4)
 
-    card = stages_data.prepare(tmp_path / "run2", data_path=str(path), task="issue_area", min_class_count=20,
-                               max_len=32,
-                        rare_classes="drop")
+    card = stages_data.prepare(data_params(tmp_path / "run2", data_path=str(path), task="issue_area",
+                                           min_class_count=20, max_len=32, rare_classes="drop"))
     assert card["classes"] == ["Criminal Procedure", "Civil Rights", "Unions"]
     assert card["n_dropped_rare_class"] == 21 and card["dropped_classes"] == {"Attorneys": 9, "Privacy": 12}
     assert card["n_train"] + card["n_val"] + card["n_test"] == 190
 
 
 def test_k_class_split_is_stratified_with_every_class_in_every_split(tmp_path):
-    card = stages_data.prepare(tmp_path / "run", synthetic_n=700, synthetic_seed=3, max_len=32, task="issue_area",
-                        val_n=120, test_n=200)
+    card = stages_data.prepare(data_params(tmp_path / "run", synthetic_n=700, synthetic_seed=3, max_len=32,
+                                           task="issue_area", val_n=120, test_n=200))
     splits = data_store.load_splits(tmp_path / "run")
     k = len(card["classes"])
     assert k >= 5 and card["task"] == "issue_area"

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import data_params, student_params, teacher_params
 
 from helpers.config.resolve import resolve
 from helpers.models.build import build_model, save_model
@@ -44,14 +45,16 @@ def _dropout_free(name: str, folder: Path) -> str:
 
 def _pipeline(run_dir: Path, overrides: dict[str, str], **launch) -> None:
     p = resolve("smoke")
-    run_teacher_stage(run_dir, teacher=TEACHER, teacher_epochs=2, teacher_lr=p["teacher_lr"], teacher_seed=0,
-                      ceiling_seed=1, batch_size=p["batch_size"], max_len=p["max_len"], precision="fp32",
-                      model_overrides=overrides, progress=False, threads=1, **launch)
-    run_student_stage(run_dir, students=[STUDENT], arms=["independent", "distilled"], seeds=[0],
-                      max_steps=p["student_max_steps"], eval_every=p["eval_every"], patience=p["patience"],
-                      lr_grid=p["student_lr_grid"][:1], lr_grid_warm=p["student_lr_grid_warm"][:1],
-                      batch_size=p["batch_size"], alpha=p["alpha"], temperature=p["temperature"], max_len=p["max_len"],
-                      precision="fp32", model_overrides=overrides, bootstrap_n=50, workers=1, threads=2, **launch)
+    run_teacher_stage(teacher_params(run_dir, teacher=TEACHER, teacher_epochs=2, teacher_lr=p["teacher_lr"],
+                                     teacher_seed=0, ceiling_seed=1, batch_size=p["batch_size"], max_len=p["max_len"],
+                                     precision="fp32", model_overrides=overrides, threads=1, **launch), progress=False)
+    run_student_stage(student_params(run_dir, students=[STUDENT], arms=["independent", "distilled"], seeds=[0],
+                                     student_max_steps=p["student_max_steps"], eval_every=p["eval_every"],
+                                     patience=p["patience"], student_lr_grid=p["student_lr_grid"][:1],
+                                     student_lr_grid_warm=p["student_lr_grid_warm"][:1], batch_size=p["batch_size"],
+                                     alpha=p["alpha"], temperature=p["temperature"], max_len=p["max_len"],
+                                     precision="fp32", model_overrides=overrides, bootstrap_n=50, workers=1, threads=2,
+                                     **launch))
 
 
 def _files(run_dir: Path) -> list[str]:
@@ -69,9 +72,9 @@ def runs(tmp_path_factory):
     overrides = {name: _dropout_free(name, root / name) for name in (TEACHER, STUDENT)}
     p = resolve("smoke")
     one, two = root / "one", root / "two"
-    data.prepare(one, synthetic_n=p["synthetic_n"], synthetic_seed=p["synthetic_seed"], max_len=p["max_len"],
-                 val_n=p["val_n"], test_n=p["test_n"], synthetic_transfer_n=p["synthetic_transfer_n"],
-                 split_seed=p["split_seed"])
+    data.prepare(data_params(one, synthetic_n=p["synthetic_n"], synthetic_seed=p["synthetic_seed"],
+                             max_len=p["max_len"], val_n=p["val_n"], test_n=p["test_n"],
+                             synthetic_transfer_n=p["synthetic_transfer_n"], split_seed=p["split_seed"]))
     shutil.copytree(one, two)
     _pipeline(one, overrides)
     yield one, two, overrides

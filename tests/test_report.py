@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import report_params
 
 from helpers.core.paths import REPO_ROOT
 from helpers.evaluation.verdicts import verdict
@@ -97,7 +98,7 @@ def fake_run(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def summary(fake_run: Path) -> dict:
-    return report.build_summary(fake_run, profile="test", tolerance=0.02)
+    return report.build_summary(report_params(fake_run, profile="test", recommend_tolerance=0.02))
 
 
 # --- schema ---------------------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def _add_chain(run: Path, chain_acc: float) -> None:
 @pytest.mark.parametrize(("chain_acc", "says"), [(0.80, "bridged the gap"), (0.77, "cost accuracy")])
 def test_chain_vs_direct_in_the_summary_and_the_report(fake_run: Path, chain_acc: float, says: str) -> None:
     _add_chain(fake_run, chain_acc)
-    summary = report.build_summary(fake_run, profile="test", tolerance=0.02)
+    summary = report.build_summary(report_params(fake_run, profile="test", recommend_tolerance=0.02))
     assert schema_errors(summary) == []
     chain = [m for m in summary["models"] if m["mode"] == "chain"]
     assert [m["name"] for m in chain] == ["S_small"]
@@ -235,7 +236,7 @@ def test_recommend_picks_the_smallest_model_within_tolerance_on_validation() -> 
 def test_summary_choices_read_validation_not_test(tmp_path: Path) -> None:
     # S_small is best on test but 0.1 worse on validation: it must not be recommended
     run = make_run(tmp_path / "run", val_shift={"S_small": -0.10})
-    s = report.build_summary(run, profile="test", tolerance=0.02)
+    s = report.build_summary(report_params(run, profile="test", recommend_tolerance=0.02))
     assert s["recommendation"]["model"] == "S_big" and s["recommendation"]["selected_on"] == "val"
     table = report_tables.floor_ceiling(run)
     assert any("S_big" in m for m in table["model"]) and not any("(S_small)" in m for m in table["model"])
@@ -250,7 +251,7 @@ def test_summary_recommends_and_says_so(summary: dict) -> None:
 
 def test_collapsed_teacher_makes_everything_not_meaningful(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", collapsed=True, teacher_acc=0.6)
-    s = report.build_summary(run, profile="test", tolerance=0.02)
+    s = report.build_summary(report_params(run, profile="test", recommend_tolerance=0.02))
     validate_summary(s)
     assert s["teacher"]["collapsed"] and not s["recommendation"]["meaningful"]
     assert all(v["text"].startswith("not meaningful") for v in s["verdicts"])
@@ -273,7 +274,7 @@ def test_report_html_escapes_data_text(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", {EVIL: (1_000_000, 0.7, 0.72)})
     (run / "attributions").mkdir()
     (run / "attributions" / "examples.html").write_text(f"<p>{EVIL}</p>")
-    s = report.build_summary(run, profile="test", tolerance=0.02)
+    s = report.build_summary(report_params(run, profile="test", recommend_tolerance=0.02))
     page = report_tables.export_html(run, s).read_text()
     assert "<script" not in page.lower()
     assert "&lt;script&gt;" in page

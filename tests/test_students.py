@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_params, student_params, teacher_params
 
 from helpers.data import store as data_store
 from helpers.stages import data as stages_data
@@ -19,17 +20,19 @@ MAX_LEN = 32
 def tiny_run(tmp_path_factory):
     """data.prepare on 300 synthetic cases and a one-epoch smoke teacher (fp32, CPU)."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN)
-    run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=0,
-                      ceiling_seed=1, batch_size=16, max_len=MAX_LEN, precision="fp32", progress=False)
+    stages_data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN))
+    run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
+                                     teacher_seed=0, ceiling_seed=1, batch_size=16, max_len=MAX_LEN,
+                                     precision="fp32"), progress=False)
     return run_dir
 
 
 def _students(run_dir, teacher_mode):
-    return run_student_stage(run_dir, students=["Smoke_Tiny_1x32"], arms=["independent", "distilled"], seeds=[0],
-                             max_steps=20, eval_every=10, patience=0, lr_grid=[2e-3], lr_grid_warm=[2e-3],
-                             batch_size=16, alpha=0.5, temperature=4.0, max_len=MAX_LEN, teacher_mode=teacher_mode,
-                             precision="fp32", bootstrap_n=50, workers=1, threads=1)
+    return run_student_stage(student_params(run_dir, students=["Smoke_Tiny_1x32"], arms=["independent", "distilled"],
+                                            seeds=[0], student_max_steps=20, eval_every=10, patience=0,
+                                            student_lr_grid=[2e-3], student_lr_grid_warm=[2e-3], batch_size=16,
+                                            alpha=0.5, temperature=4.0, max_len=MAX_LEN, teacher_mode=teacher_mode,
+                                            precision="fp32", bootstrap_n=50, workers=1, threads=1))
 
 
 def test_online_teacher_matches_the_cached_logits(tiny_run, tmp_path):
@@ -49,14 +52,17 @@ def test_online_teacher_matches_the_cached_logits(tiny_run, tmp_path):
 
 def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
     run_dir = tmp_path / "run"
-    stages_data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN, synthetic_transfer_n=150)
-    run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=0,
-                      ceiling_seed=1, batch_size=16, max_len=MAX_LEN, precision="fp32", progress=False)
+    stages_data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN,
+                                    synthetic_transfer_n=150))
+    run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
+                                     teacher_seed=0, ceiling_seed=1, batch_size=16, max_len=MAX_LEN,
+                                     precision="fp32"), progress=False)
     common = dict(students=["Smoke_Tiny_1x32"], arms=["independent", "distilled", "distilled_transfer"], seeds=[0, 1],
-                  max_steps=12, eval_every=6, patience=0, lr_grid=[2e-3], lr_grid_warm=[2e-3], batch_size=16,
+                  student_max_steps=12, eval_every=6, patience=0, student_lr_grid=[2e-3], student_lr_grid_warm=[2e-3],
+                  batch_size=16,
                   alpha=0.5, temperature=4.0, max_len=MAX_LEN, transfer_n=150, precision="fp32", bootstrap_n=20,
                   workers=1, threads=1)
-    out = run_student_stage(run_dir, transfer_curve=[0.5], transfer_curve_seeds=[1], **common)
+    out = run_student_stage(student_params(run_dir, transfer_curve=[0.5], transfer_curve_seeds=[1], **common))
     curve = pd.read_csv(run_dir / "models" / "transfer_curve.csv")
     n_train = len(data_store.load_cases(run_dir)["train"])
     extra = int(round(0.5 * n_train))
@@ -67,7 +73,7 @@ def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
     runs = pd.read_csv(run_dir / "models" / "student_runs.csv")
     assert len(runs) == 6  # the curve's trial run is not one of the stage's runs
     assert not (run_dir / "models" / "students" / ".trials").exists()
-    again = run_student_stage(run_dir, transfer_curve=[], **common)
+    again = run_student_stage(student_params(run_dir, transfer_curve=[], **common))
     assert again["transfer_curve"] is None and not (run_dir / "models" / "transfer_curve.csv").exists()
 
 
@@ -95,10 +101,11 @@ def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeyp
         return real_train(model, train_set, val_set, cfg, mode=mode, **kw)
 
     monkeypatch.setattr(stage, "train", spy)
-    out = run_student_stage(run_dir, students=["Smoke_Tiny_1x32", "Smoke_Half_1x64"],
-                            arms=["independent", "distilled", "chain"], seeds=[0, 1], max_steps=20, eval_every=10,
-                            patience=0, lr_grid=[2e-3], lr_grid_warm=warm_grid, batch_size=16, alpha=0.5,
-                            temperature=4.0, max_len=MAX_LEN, precision="fp32", bootstrap_n=50, workers=1, threads=1)
+    out = run_student_stage(student_params(run_dir, students=["Smoke_Tiny_1x32", "Smoke_Half_1x64"],
+                                           arms=["independent", "distilled", "chain"], seeds=[0, 1],
+                                           student_max_steps=20, eval_every=10, patience=0, student_lr_grid=[2e-3],
+                                           student_lr_grid_warm=warm_grid, batch_size=16, alpha=0.5, temperature=4.0,
+                                           max_len=MAX_LEN, precision="fp32", bootstrap_n=50, workers=1, threads=1))
     chain = pd.read_csv(run_dir / "models" / "chain.csv")
     assert chain["model"].tolist() == ["Smoke_Half_1x64", "Smoke_Tiny_1x32"]
     assert chain["params"].is_monotonic_decreasing

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_params
 
 from helpers.core import constants as core_constants
 from helpers.data import schema as data_schema
@@ -70,7 +71,7 @@ def test_generation_writes_the_requested_cases_and_returns_what_it_wrote(tmp_pat
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("default") / "run"
-    card = stages_data.prepare(run_dir, synthetic_n=1600, synthetic_seed=7)
+    card = stages_data.prepare(data_params(run_dir, synthetic_n=1600, synthetic_seed=7))
     return card, data_store.load_splits(run_dir)
 
 

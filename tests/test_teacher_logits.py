@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import data_params, teacher_params
 
 from helpers.core.constants import SPLITS
 from helpers.models.build import build_model, save_model
@@ -58,11 +59,12 @@ def test_a_second_teacher_stage_in_one_process_scores_its_own_checkpoint(tmp_pat
     from helpers.training.teacher_logits import load_teacher_logits
 
     run_dir = tmp_path / "run"
-    data.prepare(run_dir, synthetic_n=300, synthetic_seed=5, max_len=32)
+    data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=5, max_len=32))
     seen = []
     for seed in (0, 3):
-        run_teacher_stage(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3, teacher_seed=seed,
-                          ceiling_seed=1, batch_size=16, max_len=32, precision="fp32", progress=False, workers=1)
+        run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
+                                         teacher_seed=seed, ceiling_seed=1, batch_size=16, max_len=32, precision="fp32",
+                                         workers=1), progress=False)
         cases = load_cases(run_dir)
         cached = load_teacher_logits(run_dir, cases, 32)["test"]
         direct = predict_logits(load_model(run_dir / "models" / "teacher"), encode(cases["test"]["text"].tolist(), 32))

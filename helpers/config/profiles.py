@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from helpers.core.errors import ConfigError
+from helpers.core.params import defaults as params_defaults
 from helpers.core.paths import PROFILES_DIR
 
 
@@ -34,8 +35,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def defaults() -> dict[str, Any]:
-    """The default profile: every known parameter and its default value."""
-    return read_yaml(profile_path("default"))
+    """Every known parameter and its default value: the declarations of helpers.core.params (the default profile)."""
+    return params_defaults()
 
 
 def parse_value(name: str, text: str, default: Any) -> Any:

@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from helpers.core.constants import SPLITS
 from helpers.evaluation.metrics import safe_auc
+from helpers.synthetic.generator import rule_prob
 
 TFIDF_C_GRID = (0.1, 1.0, 10.0, 100.0)
 # The synthetic data's two ceilings, as every table names them: the generator's rule on its own inputs (an oracle that
@@ -87,7 +88,5 @@ def _cue_within_share(inside: list[list[bool]]) -> float:
 def _visible_rule_prob(cases: pd.DataFrame, rationales: list[dict], inside: list[list[bool]]) -> list[float]:
     """The generator's rule on what survives truncation: p(label 1) from the issue area and the deciding cues whose
     span lies inside the first max_len tokens (cues cut away count as absent)."""
-    from helpers.synthetic.generator import rule_prob
-
     return [rule_prob(area, {cue for (_, _, cue), seen in zip(rec["spans"], ins) if seen})
             for area, rec, ins in zip(cases["issue_area"], rationales, inside)]

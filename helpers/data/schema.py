@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.core.constants import MIN_MAX_LEN
 from helpers.core.errors import DataError
 
 REQUIRED_COLUMNS = ("first_party", "second_party", "facts", "first_party_winner")  # of the outcome task
@@ -72,16 +71,6 @@ def check_template(text_template: str, label_column: str | None = None) -> list[
     if not fields:
         raise ValueError(f"text_template {text_template!r} names no field; use e.g. '{{facts}}'")
     return fields
-
-
-def _check_params(val_frac: float, test_frac: float, max_len: int) -> None:
-    for name, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
-        if not 0 < frac < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {frac}")
-    if val_frac + test_frac >= 1:
-        raise ValueError(f"val_frac + test_frac must be below 1 to leave training cases, got {val_frac + test_frac}")
-    if int(max_len) < MIN_MAX_LEN:
-        raise ValueError(f"max_len must be at least {MIN_MAX_LEN} tokens, got {max_len}")
 
 
 def read_justice_csv(path: Path, label_column: str = "first_party_winner") -> pd.DataFrame:

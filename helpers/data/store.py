@@ -9,6 +9,7 @@ import pandas as pd
 
 from helpers.core.constants import SPLITS, TRANSFER
 from helpers.data.schema import OUTCOME, TASKS
+from helpers.models.specs import vocabulary_ids
 from helpers.models.tokenization import tokenize
 
 CLASSES_FILE = "classes.json"
@@ -31,8 +32,6 @@ def load_classes(run_dir: str | Path) -> dict:
 
 def write_vocabulary(folder: Path, texts: list[str], max_len: int) -> list[int]:
     """Wordpiece ids the run's texts use within max_len (+ specials) -> folder/vocab.json."""
-    from helpers.models.specs import vocabulary_ids
-
     ids = vocabulary_ids(tokenize(texts, max_len, verbose=False)["input_ids"])
     (folder / "vocab.json").write_text(json.dumps({"max_len": int(max_len), "n": len(ids), "ids": ids}) + "\n",
                                        encoding="utf-8")

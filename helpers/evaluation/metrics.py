@@ -126,19 +126,6 @@ def is_collapsed(teacher_metrics: dict[str, float], majority_accuracy: float, to
     return bool(teacher_metrics["accuracy"] <= majority_accuracy + tol or one_class)
 
 
-def _binary_macro_f1(preds: np.ndarray, labels: np.ndarray) -> float:
-    # The same number as sklearn's f1_score(average="macro", zero_division=0) for 0/1 labels, ~50x faster:
-    # the bootstrap calls it hundreds of thousands of times.
-    tp = np.sum((preds == 1) & (labels == 1))
-    fp = np.sum((preds == 1) & (labels == 0))
-    fn = np.sum((preds == 0) & (labels == 1))
-    tn = len(labels) - tp - fp - fn
-    f1_pos = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    f1_neg = 2 * tn / (2 * tn + fn + fp) if tn + fn + fp else 0.0
-    present = [f for f, n in ((f1_neg, tn + fp + fn), (f1_pos, tp + fp + fn)) if n]
-    return float(np.mean(present)) if present else 0.0
-
-
 def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     # Mann-Whitney form of ROC-AUC with average ranks for ties (equals sklearn's roc_auc_score).
     n1 = int(labels.sum())
@@ -150,8 +137,9 @@ def _binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _macro_f1(preds: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
-    # sklearn's f1_score(average="macro", zero_division=0) for K classes: F1 averaged over the classes that occur
-    # in the labels or the predictions, from one confusion count (fast enough for the bootstrap).
+    # sklearn's f1_score(average="macro", zero_division=0) for K classes (two classes are K = 2): F1 averaged
+    # over the classes that occur in the labels or the predictions, from one confusion count, ~50x faster than
+    # sklearn (the bootstrap calls it hundreds of thousands of times).
     cm = np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)

@@ -6,7 +6,7 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from helpers.evaluation.metrics import _binary_auc, _binary_macro_f1, _macro_f1, _ovr_auc, predicted_class, prob_columns
+from helpers.evaluation.metrics import _binary_auc, _macro_f1, _ovr_auc, predicted_class, prob_columns
 
 GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
 # Resamples of test cases behind the case-sampling *variance* of macro-F1 and ROC-AUC differences: a variance settles
@@ -21,7 +21,7 @@ def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teac
     if metric == "accuracy":
         return float((preds == labels).mean())
     if metric == "macro_f1":
-        return _macro_f1(preds, labels, probs1.shape[1]) if multi else _binary_macro_f1(preds, labels)
+        return _macro_f1(preds, labels, probs1.shape[1] if multi else 2)
     if metric == "roc_auc":
         return _ovr_auc(labels, probs1) if multi else _binary_auc(labels, probs1)
     if metric == "agreement":

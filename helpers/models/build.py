@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from helpers.models.specs import PACKAGE_SOURCE, SPECIAL_IDS, UNK_ID, VOCAB_SIZE, ModelSourceError, ModelSpec
-from helpers.models.tokenization import bundled_model_dir
+from helpers.models.tokenization import bundled_model_dir, get_tokenizer
 
 
 class TrimmedEmbedding(nn.Embedding):
@@ -144,8 +144,6 @@ def check_vocabulary(folder: Path, spec_name: str) -> None:
     words. A folder without a vocabulary file passes only when it was written by `save_model` (it has the spec.json
     this suite writes, and this suite only ever uses the shared vocabulary).
     """
-    from helpers.models.tokenization import get_tokenizer
-
     tokens = folder_vocabulary(folder)
     if tokens is None:
         if (folder / "spec.json").is_file():

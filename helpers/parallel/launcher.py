@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.paths import REPO_ROOT
+from helpers.training.jobs import job_folder
 
 
 def _free_port() -> int:
@@ -61,7 +62,7 @@ def launch_command(spec_path: str | Path, processes: int, device: str) -> list[s
 
 
 # ---------------------------------------------------------------- results handed back by the main process
-def _dump(result: dict[str, Any], folder: Path) -> None:
+def dump_result(result: dict[str, Any], folder: Path) -> None:
     """result.json (records, frames) + arrays.npz (logits): JSON floats round-trip exactly."""
     arrays: dict[str, np.ndarray] = {}
 
@@ -86,7 +87,7 @@ def _dump(result: dict[str, Any], folder: Path) -> None:
     np.savez(folder / "arrays.npz", **arrays)
 
 
-def _load(folder: Path) -> dict[str, Any]:
+def load_result(folder: Path) -> dict[str, Any]:
     with np.load(folder / "arrays.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
 
@@ -125,7 +126,7 @@ def _launch(spec: dict[str, Any], spec_path: Path, processes: int, device: str, 
     if proc.returncode != 0 or not (result_dir / "result.json").is_file():
         raise RuntimeError(f"accelerate launch exited with {proc.returncode} for {spec_path}:\n  {' '.join(cmd)}\n"
                            f"last output:\n{tail.decode(errors='replace')}")
-    result = _load(result_dir)
+    result = load_result(result_dir)
     shutil.rmtree(result_dir)
     return result
 
@@ -142,8 +143,6 @@ def launch_teacher(job: dict[str, Any], *, processes: int, threads: int) -> dict
 
 def launch_student(job: Any, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """students.run_job(job), run data-parallel in settings["processes"] processes; returns what run_job returns."""
-    from helpers.training.jobs import job_folder
-
     folder = job_folder(run_dir, job)
     start = time.perf_counter()
     spec = {"kind": "student", "run_dir": str(Path(run_dir).resolve()), "settings": settings, "job": asdict(job)}

@@ -10,7 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from helpers.attribution.agreement import bootstrap_examples_seeds, excluded, interval_scope
 from helpers.core.constants import ARMS
+from helpers.core.params import ReportParams
 from helpers.core.run_folder import read_index, read_json, write_json
 from helpers.data.store import load_classes
 from helpers.report.schema import SCHEMA_VERSION, validate_summary
@@ -110,8 +112,6 @@ def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict
         r = rows.iloc[0] if len(rows) == 1 else rows.mean(numeric_only=True)
         return {"mean": float(rows["mean"].mean()), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
                 "seeds": seeds, "n_excluded": n_excluded}
-    from helpers.attribution.agreement import bootstrap_examples_seeds, excluded
-
     pe = t.attribution_examples
     pe = pe[(pe["model"] == name) & (pe["mode"] == mode)]
     table = pe["cosine"].where(~excluded(pe, "cosine")).groupby([pe["id"], pe["seed"]]).mean().unstack("seed")
@@ -123,8 +123,6 @@ def attribution_scope(t: RunTables) -> str | None:
     """What the attribution intervals cover, from the numbers of examples and student seeds stage 04 explained."""
     if t.attribution_examples is None:
         return None
-    from helpers.attribution.agreement import interval_scope
-
     pe = t.attribution_examples
     seeds = pe.loc[~pe["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
     return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1))
@@ -275,10 +273,10 @@ def _headline(teacher: dict[str, Any], verdicts: list[dict[str, str]], rec: dict
     return f"{kd} {rec['text']}"
 
 
-def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[str, Any]:
+def build_summary(p: ReportParams) -> dict[str, Any]:
     """The whole answer of a run as a dict matching summary_schema.SCHEMA."""
-    t = load_tables(run_dir)
-    task = load_classes(run_dir)
+    t = load_tables(p.run_dir)
+    task = load_classes(p.run_dir)
     models = model_entries(t)
     ts = t.teacher
     teacher = {"name": t.index["teacher"]["name"], "shape": t.index["teacher"].get("shape", ""),
@@ -291,10 +289,10 @@ def build_summary(run_dir: str | Path, profile: str, tolerance: float) -> dict[s
                "ceiling_accuracy": _num(ts.get("ceiling_test", {}).get("accuracy")),
                "attribution_cosine_ceiling": _attribution(t, t.index["teacher"]["name"], "ceiling")}
     verdicts = kd_verdicts(t)
-    rec = recommend(_candidates(models), teacher["val_accuracy"], tolerance, teacher["collapsed"],
+    rec = recommend(_candidates(models), teacher["val_accuracy"], p.recommend_tolerance, teacher["collapsed"],
                     f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
     paper = None if t.paper is None else json.loads(t.paper.to_json(orient="records"))  # NaN -> null
-    return {"schema_version": SCHEMA_VERSION, "profile": str(profile),
+    return {"schema_version": SCHEMA_VERSION, "profile": str(p.profile),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "question": QUESTION if task["task"] == "outcome" else QUESTION.replace(
                 "case outcomes", f"a case's {task['label_column'].replace('_', ' ')} ({len(task['classes'])} classes)"),

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.constants import ARMS
+from helpers.report.html import write_report
 from helpers.report.summary import QUESTION, kd_verdicts, load_tables, teacher_collapsed
+from helpers.views.attribution import summary_table
 from helpers.views.training import baselines_frame
 
 ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness for the "
@@ -228,8 +230,6 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
 
 def attribution_table(run_dir: str | Path) -> pd.DataFrame | str:
     """Stage 04's agreement, faithfulness and rationale recall per model: 'mean [95% CI]' (a note if it did not run)."""
-    from helpers.views.attribution import summary_table
-
     t = load_tables(run_dir)
     if t.attributions is None:
         return "stage 04 did not run: no attribution tables"
@@ -238,6 +238,4 @@ def attribution_table(run_dir: str | Path) -> pd.DataFrame | str:
 
 def export_html(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     """Write `report.html` (self-contained: tables, verdicts, every figure inlined, no code)."""
-    from helpers.report.html import write_report
-
     return write_report(run_dir, summary, report_tables(run_dir, summary))

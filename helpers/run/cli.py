@@ -35,11 +35,22 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                            help="a fixed (not swept) parameter override")
+    params = sub.add_parser("params", help="print the default profile, rendered from the parameters' declarations",
+                            description="print profiles/default.yaml as helpers/core/params.py declares it "
+                                        "(`python -m helpers params > profiles/default.yaml` after adding a "
+                                        "parameter)")
+    params.add_argument("--markdown", action="store_true",
+                        help="print the parameter tables of docs/parameters.md instead")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "params":
+        from helpers.core.params import render_default_profile, render_parameters_markdown
+
+        sys.stdout.write(render_parameters_markdown() if args.markdown else render_default_profile())
+        return 0
     from helpers.run.runner import StageFailed
 
     transfer = [("transfer_path", args.transfer)] if args.transfer is not None else []

@@ -11,6 +11,7 @@ import torch
 
 from helpers.core.device import pick_device, seed_everything
 from helpers.core.paths import REPO_ROOT
+from helpers.run.staleness import check_run_folder
 
 LIBRARIES = ["torch", "transformers", "captum", "numpy", "pandas", "sklearn", "papermill"]
 
@@ -88,7 +89,5 @@ def setup(threads: int = 2, device: str = "auto", seed: int = 0, quiet: bool = F
         print(f"device={dev}  torch threads={torch.get_num_threads()}  seed={seed}")
         print("  ".join(f"{k} {val}" for k, val in v.items()))
     if run_dir is not None and params is not None:
-        from helpers.run.staleness import check_run_folder
-
         check_run_folder(run_dir, params, stage)
     return dev

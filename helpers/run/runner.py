@@ -17,9 +17,10 @@ from typing import Any
 import nbformat
 
 from helpers.config.profiles import write_params
-from helpers.core.errors import ConfigError
+from helpers.core.errors import ConfigError, DataError
 from helpers.core.paths import REPO_ROOT
 from helpers.core.run_folder import project_path
+from helpers.data.schema import read_justice_csv
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 HASH_EXCLUDED = {"run_dir", "profile"}  # where a run lives, and its label, don't change what a stage computes
@@ -126,9 +127,6 @@ def is_complete(run_dir: Path, stage: Stage, digest: str) -> bool:
 
 def check_input_files(params: dict[str, Any], stages: list[Stage]) -> None:
     """ConfigError naming the parameter and file when a CSV a stage about to run reads is missing or unreadable."""
-    from helpers.core.errors import DataError
-    from helpers.data.schema import read_justice_csv
-
     declared = set().union(*(parameter_cell(s.path)[1] for s in stages)) if stages else set()
     for name in INPUT_FILES:
         value = params.get(name) or ""

@@ -18,6 +18,8 @@ from helpers.attribution.integrated_gradients import (
     select_examples,
     unit_scores,
 )
+from helpers.core.device import pick_device
+from helpers.core.params import AttributionParams
 from helpers.core.progress import progress
 from helpers.data.rationales import load_rationales
 from helpers.data.store import load_classes
@@ -32,10 +34,7 @@ TIMING_COLUMNS = ["model", "mode", "seed", "n_examples", "seconds", "seconds_per
                   "faithfulness_seconds"]
 
 
-def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, max_len: int, ig_examples: int,
-                          ig_steps: int, ig_internal_batch_size: int, ig_delta_threshold: float, topk: int,
-                          attribution_seeds: list[int], aggregate_words: bool, faithfulness_replacement: str,
-                          bootstrap_n: int, seed: int = 0) -> dict:
+def run_attribution_stage(p: AttributionParams, *, seed: int = 0) -> dict:
     """Attribute, compare and measure faithfulness for every model; write attributions/ and return its tables.
 
     Args:
@@ -47,15 +46,16 @@ def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, ma
         attribution_seeds: the student seeds explained (the teachers are always explained).
         faithfulness_replacement: pad | mask, the token that removes tokens in comprehensiveness/sufficiency.
     """
-    if faithfulness_replacement not in REPLACEMENT_IDS:
-        raise ValueError(f"faithfulness_replacement={faithfulness_replacement!r}: expected 'pad' or 'mask'")
-    run, device = Path(run_dir), torch.device(device)
+    device = pick_device(p.device)
+    if p.faithfulness_replacement not in REPLACEMENT_IDS:
+        raise ValueError(f"faithfulness_replacement={p.faithfulness_replacement!r}: expected 'pad' or 'mask'")
+    run, device = Path(p.run_dir), torch.device(device)
     out = run / "attributions"
     out.mkdir(parents=True, exist_ok=True)
     test = pd.read_csv(run / "data" / "test.csv", dtype={"id": str, "text": str}, keep_default_na=False)
-    examples = encode_examples(select_examples(test, ig_examples, seed), max_len, aggregate_words)
+    examples = encode_examples(select_examples(test, p.ig_examples, seed), p.max_len, p.aggregate_words)
     ids, mask = examples.input_ids.to(device), examples.attention_mask.to(device)
-    entries = model_entries(run, list(attribution_seeds))
+    entries = model_entries(run, list(p.attribution_seeds))
     teacher = load_model(run / entries[0]["path"], device)
     targets = torch.from_numpy(predict_logits(teacher, {"input_ids": ids, "attention_mask": mask},
                                               device=device).argmax(axis=1))
@@ -69,14 +69,14 @@ def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, ma
                 for i, cid in enumerate(frame["id"])]
 
     rows, timing, scores, teacher_flags = [], [], {}, None
-    repl = REPLACEMENT_IDS[faithfulness_replacement]
+    repl = REPLACEMENT_IDS[p.faithfulness_replacement]
 
     def rel(delta, change):
         return abs(delta) / max(abs(change), DELTA_FLOOR)
 
     for e in progress(entries, desc="attributions (models)"):
         model = teacher if e["tag"] == "teacher" else load_model(run / e["path"], device)
-        ig = dict(ig_steps=ig_steps, ig_internal_batch_size=ig_internal_batch_size, device=device)
+        ig = dict(ig_steps=p.ig_steps, ig_internal_batch_size=p.ig_internal_batch_size, device=device)
         expl = explain(model, run / e["path"], examples.input_ids, examples.attention_mask, targets,
                        out / "cache" / f"{e['tag']}.safetensors", **ig)
         own = torch.from_numpy(predict_logits(model, {"input_ids": ids, "attention_mask": mask},
@@ -100,19 +100,19 @@ def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, ma
         comp_t, suff_t = agreement.faithfulness(model, ids, mask, examples.units, s, targets.to(device), repl)
         comp_o, suff_o = agreement.faithfulness(model, ids, mask, examples.units, s_own, own.to(device), repl)
         faith_s = time.perf_counter() - t0
-        flags = [rel(d, c) > ig_delta_threshold for d, c in zip(expl.delta, expl.logit_change)]
+        flags = [rel(d, c) > p.ig_delta_threshold for d, c in zip(expl.delta, expl.logit_change)]
         if e["tag"] == "teacher":
             teacher_flags = flags
         for i, cid in enumerate(frame["id"]):
-            sim = (agreement.compare(scores["teacher"][i], s[i], topk) if e["tag"] != "teacher"
+            sim = (agreement.compare(scores["teacher"][i], s[i], p.topk) if e["tag"] != "teacher"
                    else dict.fromkeys(agreement.AGREEMENT_METRICS, math.nan))
-            recall = agreement.rationale_recall(s[i], cues[i], topk) if cues is not None else math.nan
+            recall = agreement.rationale_recall(s[i], cues[i], p.topk) if cues is not None else math.nan
             rel_own = rel(own_delta[i], own_change[i])
             rows.append({"model": e["name"], "mode": e["mode"], "seed": int(e["seed"]), "id": cid,
                          "label": int(frame["label"][i]), "teacher_pred": int(targets[i]), "own_pred": int(own[i]),
                          **sim, "delta": float(expl.delta[i]), "rel_delta": rel(expl.delta[i], expl.logit_change[i]),
                          "flagged": bool(flags[i]), "delta_own": float(own_delta[i]), "rel_delta_own": rel_own,
-                         "flagged_own": bool(rel_own > ig_delta_threshold), "teacher_flagged": bool(teacher_flags[i]),
+                         "flagged_own": bool(rel_own > p.ig_delta_threshold), "teacher_flagged": bool(teacher_flags[i]),
                          "comprehensiveness_own": float(comp_o[i]), "sufficiency_own": float(suff_o[i]),
                          "comprehensiveness_teacher": float(comp_t[i]), "sufficiency_teacher": float(suff_t[i]),
                          "rationale_recall": recall})
@@ -126,13 +126,13 @@ def run_attribution_stage(run_dir: str | Path, *, device: str | torch.device, ma
             del model
 
     per_example = pd.DataFrame(rows, columns=PER_EXAMPLE_COLUMNS)
-    summary = agreement.summarise(per_example, bootstrap_n, seed)
+    summary = agreement.summarise(per_example, p.bootstrap_n, seed)
     if cues is not None:
-        base = [agreement.random_recall(len(u), int(c.sum()), topk) for u, c in zip(examples.units, cues)]
-        mean, lo, hi, n_ok = agreement.bootstrap_mean(base, bootstrap_n, seed)
+        base = [agreement.random_recall(len(u), int(c.sum()), p.topk) for u, c in zip(examples.units, cues)]
+        mean, lo, hi, n_ok = agreement.bootstrap_mean(base, p.bootstrap_n, seed)
         if n_ok:
             summary.loc[len(summary)] = ["random", "baseline", -1, "rationale_recall", mean, lo, hi, n_ok, 0]
-    kd_diff = agreement.kd_differences(per_example, bootstrap_n, seed)
+    kd_diff = agreement.kd_differences(per_example, p.bootstrap_n, seed)
     timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
     student_seeds = per_example.loc[~per_example["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
     scope = agreement.interval_scope(len(frame), max(int(student_seeds), 1))

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch import nn
 
 from helpers.benchmark.deployment import variant_accuracy, variants_for
@@ -23,6 +22,7 @@ from helpers.benchmark.timing import (
     pinned_threads,
     resolve_device,
 )
+from helpers.core.params import ReportParams
 from helpers.core.run_folder import read_index
 from helpers.models.build import checkpoint_size_mb, count_params, load_model, load_spec
 from helpers.models.specs import ModelSpec
@@ -49,43 +49,44 @@ def _entry_label(entry: Mapping) -> str:
     return f"{entry['name']}/{entry['mode']}/seed{entry['seed']}"
 
 
-def benchmark_run(run_dir: str | Path, *, max_len: int, repeats: int = 20, warmup: int = 3, threads: int = 2,
-                  device: str | torch.device = "auto", seeds: Sequence[int] = (0,), paper_benchmark: bool = True,
-                  split: str = "test", batch_size: int = 32, paper: Sequence[ModelSpec] | None = None,
-                  write: bool = True, max_cases: int = 0, paper_repeats: int = 0) -> BenchmarkResult:
+def benchmark_run(p: ReportParams, *, split: str = "test", batch_size: int = 32,
+                  paper: Sequence[ModelSpec] | None = None, write: bool = True) -> BenchmarkResult:
     """Benchmark the run's teacher and students (given seeds) and their variants; write `benchmark/`.
 
     Args:
-        repeats, warmup: timed and untimed forward passes per latency figure (batch 1 and batch 32).
-        seeds: the student seeds whose checkpoints are timed and get deployment variants.
+        bench_repeats, bench_warmup: timed and untimed forward passes per latency figure (batch 1 and batch 32).
+        bench_seeds: the student seeds whose checkpoints are timed and get deployment variants.
         paper_benchmark: also time the seed's six architectures (`paper`, default the registry's paper specs).
-        paper_repeats: timed runs per latency figure of those architectures (0: `repeats`); the table's ratios
+        paper_repeats: timed runs per latency figure of those architectures (0: `bench_repeats`); the table's ratios
             are medians, and BERT-base at batch 32 costs seconds per run, so fewer repeats keep the stage short.
-        max_cases: the variants' accuracy is scored on the first `max_cases` cases of `split` (0: all of them).
+        bench_cases: the variants' accuracy is scored on the first `bench_cases` cases of `split` (0: all of them).
         write: write benchmark/*.csv and environment.json (False: return the tables only).
     """
+    run_dir = p.run_dir
     run_dir = Path(run_dir)
     index = read_index(run_dir)
-    students = [s for s in index.get("students", []) if int(s["seed"]) in set(seeds)]
+    students = [s for s in index.get("students", []) if int(s["seed"]) in set(p.bench_seeds)]
     if not students:
-        raise ValueError(f"models.json lists no student with seed in {list(seeds)}")
+        raise ValueError(f"models.json lists no student with seed in {list(p.bench_seeds)}")
     entries = [index["teacher"], *students]
     data = pd.read_csv(run_dir / "data" / f"{split}.csv")
-    data = data.iloc[:max_cases] if max_cases else data
-    dev = resolve_device(device)
+    data = data.iloc[:p.bench_cases] if p.bench_cases else data
+    dev = resolve_device(p.device)
     variants = variants_for(dev)
-    with pinned_threads(threads) as n_threads:
+    with pinned_threads(p.threads) as n_threads:
         # Each architecture is timed once, from its first checkpoint, and its figures are shared by both modes
         # and every seed: the weights' values do not change the cost of a forward pass, and it halves the time.
         models: dict[str, nn.Module] = {}
         for e in entries:
             if e["name"] not in models:
                 models[e["name"]] = load_model(run_dir / e["path"])
-        timings = _time_architectures(models, variants, max_len, repeats, warmup, min(warmup, 2), dev)
-        acc = variant_accuracy([(_entry_label(e), run_dir / e["path"]) for e in entries], data, max_len, dev,
+        timings = _time_architectures(models, variants, p.max_len, p.bench_repeats, p.bench_warmup,
+                                      min(p.bench_warmup, 2), dev)
+        acc = variant_accuracy([(_entry_label(e), run_dir / e["path"]) for e in entries], data, p.max_len, dev,
                                batch_size)
         env = {**environment(dev), "training_precision": index.get("precision", "fp32"),
-               "bf16_native_cpu": cpu_has_native_bf16(), "max_len": max_len, "repeats": repeats, "warmup": warmup,
+               "bf16_native_cpu": cpu_has_native_bf16(), "max_len": p.max_len, "repeats": p.bench_repeats,
+               "warmup": p.bench_warmup,
                "timing": "interleaved round-robin over models and variants, one checkpoint per architecture"}
     teacher = index["teacher"]["name"]
     latency_rows, variant_rows = [], []
@@ -95,14 +96,15 @@ def benchmark_run(run_dir: str | Path, *, max_len: int, repeats: int = 20, warmu
         latency_rows.append({**key, "shape": e.get("shape", ""), "params": params,
                              "non_embedding_params": non_embedding, "size_mb": checkpoint_size_mb(run_dir / e["path"]),
                              **_latency_row(e["name"], timings, teacher), "threads": n_threads, "device": str(dev),
-                             "max_len": max_len, "repeats": repeats})
+                             "max_len": p.max_len, "repeats": p.bench_repeats})
         timing = _variant_timing_rows(e["name"], timings, variants)
         for r in acc[acc["label"] == _entry_label(e)].to_dict("records"):
             variant_rows.append({**key, "variant": r["variant"], **timing[r["variant"]], **r})
     latency = pd.DataFrame(latency_rows)[BENCHMARK_COLUMNS]
     variant_table = pd.DataFrame(variant_rows)[VARIANT_COLUMNS]
-    paper_df = (paper_table(paper, max_len, paper_repeats or repeats, warmup, threads, dev, warmup_b32=min(warmup, 2))
-                if paper_benchmark else None)
+    paper_df = (paper_table(paper, p.max_len, p.paper_repeats or p.bench_repeats, p.bench_warmup, p.threads, dev,
+                             warmup_b32=min(p.bench_warmup, 2))
+                if p.paper_benchmark else None)
     if write:
         out = run_dir / "benchmark"
         out.mkdir(parents=True, exist_ok=True)

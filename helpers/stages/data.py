@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.constants import SPLITS
+from helpers.core.params import DataParams
 from helpers.data.baselines import (
     _cue_within_share,
     _majority,
@@ -26,7 +27,6 @@ from helpers.data.schema import (
     SPLIT_COLUMNS,
     _build_cases,
     _build_transfer,
-    _check_params,
     _group_keys,
     check_template,
     label_column_for,
@@ -35,7 +35,7 @@ from helpers.data.schema import (
 from helpers.data.splits import _assign_classes, _check_class_sizes, _sizes_as_fractions, stratified_group_split
 from helpers.data.store import _swap_into_place, write_classes, write_vocabulary
 from helpers.models.tokenization import get_tokenizer
-from helpers.synthetic.generator import generate_justice_csv, rationales_path
+from helpers.synthetic.generator import generate_cases, generate_justice_csv, rationales_path
 
 
 def _round(obj: object) -> object:
@@ -48,11 +48,7 @@ def _round(obj: object) -> object:
     return obj
 
 
-def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600, synthetic_seed: int = 7,
-            text_template: str = "{first_party} v. {second_party}. {facts}", val_frac: float = 0.2,
-            test_frac: float = 0.2, split_seed: int = 42, max_len: int = 128, val_n: int = 0, test_n: int = 0,
-            transfer_path: str = "", synthetic_transfer_n: int = 0, task: str = "outcome", label_column: str = "",
-            rare_classes: str = "merge", min_class_count: int = 30) -> dict:
+def prepare(p: DataParams) -> dict:
     """Load (or generate) the cases, clean, split, score baselines; write run_dir/data/*; return the data card.
 
     Args:
@@ -65,31 +61,31 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
         synthetic_transfer_n: with the synthetic source and no transfer_path, generate this many unlabelled
             transfer cases (their true labels go to data/transfer_truth.csv for analysis only).
     """
-    _check_params(val_frac, test_frac, max_len)
-    label_col = label_column_for(task, label_column)
-    multi = task != "outcome"
-    check_template(text_template, label_col if multi else None)
-    run_dir = Path(run_dir).resolve()
+    val_frac, test_frac = p.val_frac, p.test_frac
+    label_col = label_column_for(p.task, p.label_column)
+    multi = p.task != "outcome"
+    check_template(p.text_template, label_col if multi else None)
+    run_dir = Path(p.run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}-data-", dir=run_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the run folder is meant to be shared and read
     try:
-        if data_path == "":
+        if p.data_path == "":
             path = staging / "raw.csv"
-            generate_justice_csv(path, synthetic_n, synthetic_seed, task=task)
-            source = f"synthetic(n={synthetic_n}, seed={synthetic_seed})"
+            generate_justice_csv(path, p.synthetic_n, p.synthetic_seed, task=p.task)
+            source = f"synthetic(n={p.synthetic_n}, seed={p.synthetic_seed})"
         else:
-            path = Path(data_path).expanduser().resolve()
+            path = Path(p.data_path).expanduser().resolve()
             source = str(path)
-        cases, counts = _build_cases(read_justice_csv(path, label_col), path, text_template, task, label_col)
+        cases, counts = _build_cases(read_justice_csv(path, label_col), path, p.text_template, p.task, label_col)
         groups = _group_keys(cases["text"])
         if multi:
-            cases, groups, classes, class_info = _assign_classes(cases, groups, rare_classes, min_class_count, path)
+            cases, groups, classes, class_info = _assign_classes(cases, groups, p.rare_classes, p.min_class_count, path)
         else:
             classes, class_info = [OUTCOME[0], OUTCOME[1]], {}
         _check_class_sizes(cases["label"], groups, path, classes)
-        val_frac, test_frac = _sizes_as_fractions(len(cases), val_n, test_n, val_frac, test_frac, path)
-        cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac, split_seed).to_numpy()
+        val_frac, test_frac = _sizes_as_fractions(len(cases), p.val_n, p.test_n, val_frac, test_frac, path)
+        cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac, p.split_seed).to_numpy()
         cases["n_words"] = cases["text"].str.split().str.len()
         enc = get_tokenizer()(list(cases["text"]), add_special_tokens=True, verbose=False)
         cases["n_tokens"] = [len(ids) for ids in enc["input_ids"]]
@@ -102,14 +98,15 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
             **{f"n_{s}": len(splits[s]) for s in SPLITS},
             "majority_rate": float((splits["train"]["label"] == major).mean()),
             "majority_label": major,
-            "task": task, "label_column": label_col, "classes": classes,
+            "task": p.task, "label_column": label_col, "classes": classes,
             **({"label_rate_by_split": {s: float(splits[s]["label"].mean()) for s in SPLITS}} if not multi else {}),
             "class_counts": {s: {classes[k]: int(n) for k, n in enumerate(
                 np.bincount(splits[s]["label"].to_numpy(int), minlength=len(classes)))} for s in SPLITS},
             **class_info,
-            "text_template": text_template, "max_len": int(max_len),
-            "truncated_share": {s: float((splits[s]["n_tokens"] > max_len).mean()) for s in SPLITS},
-            "split_seed": split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": val_n, "test_n": test_n,
+            "text_template": p.text_template, "max_len": int(p.max_len),
+            "truncated_share": {s: float((splits[s]["n_tokens"] > p.max_len).mean()) for s in SPLITS},
+            "split_seed": p.split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": p.val_n,
+            "test_n": p.test_n,
             "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf},
             "tfidf_logreg_C": tfidf_c,
         }
@@ -117,8 +114,8 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
         rationales: list[dict] = []
         if side is not None:
             ordered = pd.concat([splits[s] for s in SPLITS], ignore_index=True)
-            rationales = _spans(ordered, side, rationales_path(path), "facts" in check_template(text_template, None))
-            inside = _spans_inside(ordered, rationales, max_len)
+            rationales = _spans(ordered, side, rationales_path(path), "facts" in check_template(p.text_template, None))
+            inside = _spans_inside(ordered, rationales, p.max_len)
             # bayes_accuracy is an oracle: the rule on the generator's own inputs (every cue, however far into the
             # text); visible_rule_accuracy applies it to the cues inside max_len tokens, the text a model sees.
             for key, probs in (("bayes_accuracy", [r["rule_prob"] for r in rationales]),
@@ -128,21 +125,19 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
                              for s in SPLITS}
             card["cue_within_max_len_share"] = _cue_within_share(inside)
         transfer, truth = None, None
-        if transfer_path or (data_path == "" and synthetic_transfer_n > 0):
-            if transfer_path:
-                t_path = Path(transfer_path).expanduser().resolve()
+        if p.transfer_path or (p.data_path == "" and p.synthetic_transfer_n > 0):
+            if p.transfer_path:
+                t_path = Path(p.transfer_path).expanduser().resolve()
                 t_raw = read_justice_csv(t_path, REQUIRED_COLUMNS[0] if multi else label_col)  # labels ignored
                 card["transfer_source"] = str(t_path)
             else:
-                from helpers.synthetic.generator import generate_cases
-
                 t_path = staging / "transfer_raw.csv"
-                t_raw, _ = generate_cases(synthetic_transfer_n, synthetic_seed + 1, task=task)
+                t_raw, _ = generate_cases(p.synthetic_transfer_n, p.synthetic_seed + 1, task=p.task)
                 t_raw = t_raw.astype(str)
-                card["transfer_source"] = f"synthetic(n={synthetic_transfer_n}, seed={synthetic_seed + 1})"
-            transfer, t_counts = _build_transfer(t_raw, t_path, text_template, set(groups),
+                card["transfer_source"] = f"synthetic(n={p.synthetic_transfer_n}, seed={p.synthetic_seed + 1})"
+            transfer, t_counts = _build_transfer(t_raw, t_path, p.text_template, set(groups),
                                                  label_col if multi else None)
-            if not transfer_path:  # the generator's labels, kept for analysis only, never read by a model
+            if not p.transfer_path:  # the generator's labels, kept for analysis only, never read by a model
                 labels_by_id = dict(zip("T" + t_raw["ID"].astype(str).str.strip(), t_raw[label_col]))
                 truth = pd.DataFrame({"id": transfer["id"], "label": transfer["id"].map(labels_by_id)})
                 if multi:  # class ids as in data/classes.json (merged classes -> Other; dropped ones left out)
@@ -158,7 +153,7 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
         else:
             card["n_transfer"] = 0
         texts = [t for s in SPLITS for t in splits[s]["text"]] + ([] if transfer is None else list(transfer["text"]))
-        card["vocabulary_size"] = len(write_vocabulary(staging, texts, max_len))
+        card["vocabulary_size"] = len(write_vocabulary(staging, texts, p.max_len))
         card = _round(card)
 
         if transfer is not None:
@@ -174,7 +169,7 @@ def prepare(run_dir: str | Path, *, data_path: str = "", synthetic_n: int = 1600
                 for rec in rationales:
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         (staging / "data_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        write_classes(staging, task, label_col, classes)
+        write_classes(staging, p.task, label_col, classes)
         _swap_into_place(staging, run_dir / "data")
         return card
     finally:

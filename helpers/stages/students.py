@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from helpers.core.constants import ARMS, CHAIN_ARM, SPLITS, TRANSFER, TRANSFER_ARMS
+from helpers.core.device import pick_device
+from helpers.core.params import StudentParams
 from helpers.core.progress import quiet_worker
 from helpers.core.run_folder import read_index, read_json, write_csv, write_index, write_json
 from helpers.data import store as data_mod
@@ -24,6 +25,8 @@ from helpers.evaluation.metrics import classification_metrics
 from helpers.evaluation.verdicts import kd_gain_table
 from helpers.models.build import build_model, count_params, load_model, save_model
 from helpers.models.specs import get_spec
+from helpers.parallel.launcher import launch_student
+from helpers.parallel.plan import execution, threads_each
 from helpers.training.checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
 from helpers.training.datasets import CaseDataset, encode_splits
 from helpers.training.jobs import Job, job_folder
@@ -100,15 +103,14 @@ def _did_not_learn(val_logits: np.ndarray) -> str:
 def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
     """Train one run, save its checkpoint and history; score test when the run is final.
 
-    In this process, or with the stage's `launcher: accelerate` under `accelerate launch` (helpers.parallel.launcher), which
+    In this process, or with the stage's `launcher: accelerate` under `accelerate launch` (helpers.parallel.launcher),
+    which
     runs this function in every launched process with their `accelerator`: there only the main process saves and
     returns the run's results (the others return None).
     """
     sh = _SHARED["stage"]
     st = sh.settings
     if accelerator is None and st.get("launcher", "inprocess") == "accelerate":
-        from helpers.parallel.launcher import launch_student
-
         return launch_student(job, sh.run_dir, st)
     start = time.perf_counter()
     spec = get_spec(job.name, st["model_overrides"])
@@ -230,16 +232,7 @@ def select_learning_rates(trials: list[dict[str, Any]], metric: str) -> tuple[di
     return chosen, table
 
 
-def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[str], seeds: list[int],
-                      max_steps: int, eval_every: int, patience: int, lr_grid: list[float],
-                      lr_grid_warm: list[float], batch_size: int, alpha: float, temperature: float, max_len: int,
-                      transfer_students: list[str] | None = None, transfer_n: int = 0,
-                      teacher_mode: str = "cached", class_weighted: bool = False, selection_metric: str = "macro_f1",
-                      device: str = "cpu", precision: str = "auto", trim_vocab: bool = True,
-                      model_overrides: dict[str, str] | None = None, bootstrap_n: int = 1000,
-                      transfer_curve: list[float] | None = None, transfer_curve_seeds: list[int] | None = None,
-                      workers: int = 1, threads: int = 2, launcher: str = "inprocess",
-                      processes: int = 0) -> dict[str, Any]:
+def run_student_stage(p: StudentParams) -> dict[str, Any]:
     """Train each student x arm x seed to a shared step budget; write checkpoints, metrics, predictions, KD gains.
 
     Args:
@@ -251,7 +244,8 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
             distilled arm. The links are written to models/chain.csv.
         transfer_students: students that get the transfer arms ([] or None: all students).
         transfer_n: transfer-pool cases the transfer arms use (the first n of data/transfer.csv).
-        lr_grid, lr_grid_warm: learning rates tried on the first seed for random-init students and for students
+        student_lr_grid, student_lr_grid_warm: learning rates tried on the first seed for random-init students and
+            for students
             that start from teacher layers or pretrained weights; the one with the best mean validation
             `selection_metric` over the independent and distilled arms is used for every arm and seed of that student.
         transfer_curve, transfer_curve_seeds: extra transfer-pool sizes (multiples of the labelled training set) for
@@ -266,6 +260,11 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
     Every decision (learning rate, best step, early stop, did-not-learn) reads validation data; test logits are
     computed once per final checkpoint and only reported.
     """
+    run_dir = p.run_dir
+    arms = p.arms
+    transfer_students = p.transfer_students
+    device = str(pick_device(p.device))
+    precision = p.precision
     run_dir = Path(run_dir)
     precision = resolve_precision(precision, device)
     teacher_precision = teacher_summary(run_dir).get("precision", "fp32")
@@ -281,27 +280,27 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                          "every chain student is compared with its distilled arm)")
     transfer = data_mod.load_transfer(run_dir)
     pool_size = 0 if transfer is None else len(transfer)
-    if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or transfer_n == 0):
+    if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or p.transfer_n == 0):
         why = ("the run has no transfer pool (pass --transfer PATH for real data)" if pool_size == 0
                else "transfer_n is 0")
         print(f"transfer arms skipped: {why}", flush=True)
         arms = [a for a in arms if a not in TRANSFER_ARMS]
-    n_transfer = min(transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
-    settings = {"max_len": max_len, "device": device, "teacher_mode": teacher_mode, "trim_vocab": trim_vocab,
-                "transfer_n": n_transfer, "model_overrides": model_overrides or {}, "max_steps": max_steps,
-                "batch_size": batch_size, "eval_every": eval_every, "patience": patience,
-                "selection_metric": selection_metric, "class_weighted": class_weighted, "precision": precision,
-                "alpha": alpha, "temperature": temperature, "launcher": launcher, "processes": processes,
-                "threads": threads}
+    n_transfer = min(p.transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
+    settings = {"max_len": p.max_len, "device": device, "teacher_mode": p.teacher_mode, "trim_vocab": p.trim_vocab,
+                "transfer_n": n_transfer, "model_overrides": p.model_overrides or {}, "max_steps": p.student_max_steps,
+                "batch_size": p.batch_size, "eval_every": p.eval_every, "patience": p.patience,
+                "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "precision": precision,
+                "alpha": p.alpha, "temperature": p.temperature, "launcher": p.launcher, "processes": p.processes,
+                "threads": p.threads}
     shared = load_shared(run_dir, settings)
     write_json(run_dir / "models" / "student_settings.json", settings)
     if n_transfer:
         print(f"transfer arms on {n_transfer} unlabelled cases ({n_transfer / len(shared.train_set):.1f}x the "
               f"labelled training set)", flush=True)
-    transfer_students = list(transfer_students or students)
+    transfer_students = list(transfer_students or p.students)
     links: list[str] = []
     if CHAIN_ARM in arms:
-        sizes = student_sizes(students, shared, model_overrides)
+        sizes = student_sizes(p.students, shared, p.model_overrides)
         links = chain_order(sizes)
         if len(links) < 2:
             print("chain arm skipped: it needs two students or more (with one, the chain is direct distillation)",
@@ -310,28 +309,30 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         else:
             print(f"chain: teacher -> {' -> '.join(f'{n} ({sizes[n] / 1e6:.2f}M)' for n in links)}; {links[0]} "
                   f"learns from the teacher (its chain runs are its distilled runs), each later student from the "
-                  f"previous one's seed-{seeds[0]} chain model", flush=True)
-    specs = {name: get_spec(name, model_overrides) for name in students}
-    grids = {name: (lr_grid if specs[name].init == "random" else lr_grid_warm) for name in students}
-    workers = max(1, int(workers)) if torch.device(device).type == "cpu" and launcher == "inprocess" else 1
+                  f"previous one's seed-{p.seeds[0]} chain model", flush=True)
+    specs = {name: get_spec(name, p.model_overrides) for name in p.students}
+    grids = {name: (p.student_lr_grid if specs[name].init == "random" else p.student_lr_grid_warm)
+             for name in p.students}
+    _, workers = execution(p.launcher, device, p.workers)
     pool = None
     if workers > 1:
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                            initargs=(str(run_dir), settings, max(1, threads // workers)))
-        print(f"{workers} training processes, {max(1, threads // workers)} thread(s) each", flush=True)
+                                            initargs=(str(run_dir), settings, threads_each(p.threads, workers)))
+        print(f"{workers} training processes, {threads_each(p.threads, workers)} thread(s) each", flush=True)
     staging = run_dir / "models" / "students" / ".trials"
     try:
-        trial_jobs = [Job(n, arm, seeds[0], lr, final=False) for n in students if len(grids[n]) > 1
+        trial_jobs = [Job(n, arm, p.seeds[0], lr, final=False) for n in p.students if len(grids[n]) > 1
                       for lr in grids[n] for arm in ("independent", "distilled")]
         trials = _run_jobs(trial_jobs, pool, "learning-rate trials") if trial_jobs else []
-        chosen, lr_table = select_learning_rates(trials, selection_metric) if trials else ({}, None)
-        for name in students:
+        chosen, lr_table = select_learning_rates(trials, p.selection_metric) if trials else ({}, None)
+        for name in p.students:
             chosen.setdefault(name, float(grids[name][0]))
             if len(grids[name]) > 1:
-                print(f"{name}: learning rate {chosen[name]:g} chosen on validation {selection_metric} (seed "
-                      f"{seeds[0]}, mean of independent and distilled) from {', '.join(f'{g:g}' for g in grids[name])}",
+                print(f"{name}: learning rate {chosen[name]:g} chosen on validation {p.selection_metric} (seed "
+                      f"{p.seeds[0]}, mean of independent and distilled) from "
+                      f"{', '.join(f'{g:g}' for g in grids[name])}",
                       flush=True)
         reused = {}
         for t in trials:  # the chosen rate's trials are the seed-0 runs: move them into place, score test once
@@ -349,33 +350,33 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
                          test_logits=predict_logits(model, shared.encoded["test"], device=device,
                                                     precision=precision))
                 reused[(job.name, job.arm)] = t
-        jobs = [Job(n, arm, seed, chosen[n], final=True) for n in students for seed in seeds for arm in arms
+        jobs = [Job(n, arm, seed, chosen[n], final=True) for n in p.students for seed in p.seeds for arm in arms
                 if (arm not in TRANSFER_ARMS or n in transfer_students) and arm != CHAIN_ARM and (n, arm, seed) not in
-                {(k[0], k[1], seeds[0]) for k in reused}]
+                {(k[0], k[1], p.seeds[0]) for k in reused}]
         chain_rows: list[dict[str, Any]] = []
 
         def unlock(k: int, source: Path) -> list[Job]:
             """Link k's jobs, once its teacher (the previous link's first-seed model at `source`) exists."""
             path = cache_link_logits(shared, source)
             chain_rows.append({"link": k + 1, "model": links[k], "teacher": links[k - 1],
-                               "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": seeds[0],
+                               "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": p.seeds[0],
                                "teacher_path": source.relative_to(run_dir).as_posix(),
                                "logits": path.relative_to(run_dir).as_posix()})
             return [Job(links[k], CHAIN_ARM, seed, chosen[links[k]], final=True,
-                        link_logits=path.relative_to(run_dir).as_posix()) for seed in seeds]
+                        link_logits=path.relative_to(run_dir).as_posix()) for seed in p.seeds]
 
         then, later = {}, 0
         for k in range(1, len(links)):
-            source = (links[k - 1], "distilled" if k == 1 else CHAIN_ARM, seeds[0])
+            source = (links[k - 1], "distilled" if k == 1 else CHAIN_ARM, p.seeds[0])
             if k == 1 and (links[0], "distilled") in reused:  # the first link's seed-0 run is a reused trial
                 jobs += unlock(k, reused[(links[0], "distilled")]["path"])
             else:
                 then[source] = lambda res, k=k: unlock(k, res["path"])
-                later += len(seeds)
-        curve_name = curve_student(students, arms, transfer_students) if transfer_curve else None
-        curve_seeds = list(transfer_curve_seeds or seeds[:1])
+                later += len(p.seeds)
+        curve_name = curve_student(p.students, arms, transfer_students) if p.transfer_curve else None
+        curve_seeds = list(p.transfer_curve_seeds or p.seeds[:1])
         if curve_name is not None:  # the curve's extra points ride in the same pool, after the stage's own runs
-            jobs += _curve_jobs(curve_name, list(transfer_curve), curve_seeds, chosen[curve_name],
+            jobs += _curve_jobs(curve_name, list(p.transfer_curve), curve_seeds, chosen[curve_name],
                                 len(shared.train_set), len(shared.transfer_set), n_transfer)
         done = _run_jobs(jobs, pool, "runs", then=then, later=later)
         finals = [r for r in done if r["job"].final] + list(reused.values())
@@ -386,7 +387,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
             pool.join()
         shutil.rmtree(staging, ignore_errors=True)
 
-    order = {(n, a, s): i for i, (n, s, a) in enumerate((n, s, a) for n in students for s in seeds for a in arms)}
+    order = {(n, a, s): i for i, (n, s, a) in enumerate((n, s, a) for n in p.students for s in p.seeds for a in arms)}
     finals.sort(key=lambda f: order.get((f["job"].name, f["job"].arm, f["job"].seed), len(order)))
     index = read_index(run_dir)
     entries, metric_frames, pred_frames, runs = [], [], [], []
@@ -399,7 +400,7 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         pred_frames.append(preds)
         runs.append({**f["row"], "lr": f["job"].lr, "workers": workers})
     metrics, preds = pd.concat(metric_frames, ignore_index=True), pd.concat(pred_frames, ignore_index=True)
-    replace_student_rows(run_dir, metrics, preds, students)
+    replace_student_rows(run_dir, metrics, preds, p.students)
     index["students"] = entries
     index["precision"] = precision
     write_index(run_dir, index)
@@ -411,8 +412,8 @@ def run_student_stage(run_dir: str | Path, *, students: list[str], arms: list[st
         write_csv(lr_path, lr_table)
     else:
         lr_path.unlink(missing_ok=True)
-    gain = kd_gain_table(preds.astype({"id": str}), students, teacher_predictions(run_dir),
-                         meaningful=not index["teacher_collapsed"], n_boot=bootstrap_n, runs=runs)
+    gain = kd_gain_table(preds.astype({"id": str}), p.students, teacher_predictions(run_dir),
+                         meaningful=not index["teacher_collapsed"], n_boot=p.bootstrap_n, runs=runs)
     write_csv(run_dir / "models" / "kd_gain.csv", gain)
     curve = None
     if curve_name is not None:
@@ -502,11 +503,12 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
     jobs = _curve_jobs(student, multiples, seeds, float(mine["lr"].iloc[0]), len(shared.train_set), pool_size,
                        settings["transfer_n"])
     pool_ = None
-    if workers > 1 and len(jobs) > 1 and settings.get("launcher", "inprocess") == "inprocess":
+    _, workers = execution(settings.get("launcher", "inprocess"), settings["device"], workers)
+    if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         pool_ = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                             initargs=(str(run_dir), settings, max(1, threads // workers)))
+                                             initargs=(str(run_dir), settings, threads_each(threads, workers)))
     try:
         results = _run_jobs(jobs, pool_, "transfer curve")
     finally:

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from helpers.core.constants import SPLITS
+from helpers.core.device import pick_device
+from helpers.core.params import TeacherParams
 from helpers.core.progress import Progress, QueueFile, quiet_worker, relay
 from helpers.core.run_folder import write_csv, write_index, write_json
 from helpers.data import store as data_mod
@@ -17,6 +18,8 @@ from helpers.data.store import load_cases
 from helpers.evaluation.metrics import is_collapsed
 from helpers.models.build import build_model, load_model, save_model
 from helpers.models.specs import get_spec
+from helpers.parallel.launcher import launch_teacher
+from helpers.parallel.plan import execution, threads_each
 from helpers.training.checkpoints import index_entry, record
 from helpers.training.datasets import CaseDataset, encode, encode_splits
 from helpers.training.loop import TrainConfig, predict_logits, train
@@ -29,7 +32,8 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
 
     Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
     lines go to `job["lines"]`, a queue the notebook prints from). The other splits are scored afterwards, in
-    chunks shared out over the workers (score_chunk). Under `accelerate launch` (helpers.parallel.launcher) every process
+    chunks shared out over the workers (score_chunk). Under `accelerate launch` (helpers.parallel.launcher)
+    every process
     calls it with its `accelerator`; only the main process saves and returns (the others return None).
     """
     if "threads" in job:
@@ -100,12 +104,7 @@ def score_chunks(run_dir: Path, wanted: dict[str, list[str]], sizes: dict[str, i
     return {f: {s: np.concatenate(v) for s, v in d.items()} for f, d in out.items()}
 
 
-def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int, teacher_lr: float,
-                      teacher_seed: int, ceiling_seed: int, batch_size: int, max_len: int,
-                      class_weighted: bool = False, selection_metric: str = "macro_f1", device: str = "cpu",
-                      precision: str = "auto", model_overrides: dict[str, str] | None = None,
-                      trim_vocab: bool = True, progress: bool = True, workers: int = 1,
-                      threads: int = 2, launcher: str = "inprocess", processes: int = 0) -> dict[str, Any]:
+def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, Any]:
     """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
@@ -117,45 +116,44 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     (data/vocab.json; token ids unchanged, other wordpieces map to [UNK]): on every text of the run it computes
     what the full model would, while AdamW stops updating ~30k rows no case looks up.
     """
-    run_dir = Path(run_dir)
-    precision = resolve_precision(precision, device)
+    run_dir = Path(p.run_dir)
+    device = str(pick_device(p.device))
+    precision = resolve_precision(p.precision, device)
     splits = load_cases(run_dir)
     card = data_mod.load_data_card(run_dir)
-    encoded = encode_splits(splits, max_len)
+    encoded = encode_splits(splits, p.max_len)
     labels = {s: splits[s]["label"].to_numpy() for s in SPLITS}
-    get_spec(teacher, model_overrides)  # an unknown spec fails here, before any process starts
-    per_epoch = int(np.ceil(len(encoded["train"]) / batch_size))
-    jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": teacher,
-             "model_overrides": model_overrides or {}, "max_len": max_len, "batch_size": batch_size,
-             "max_steps": teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": teacher_lr,
-             "selection_metric": selection_metric, "class_weighted": class_weighted, "device": device,
+    get_spec(p.teacher, p.model_overrides)  # an unknown spec fails here, before any process starts
+    per_epoch = int(np.ceil(len(encoded["train"]) / p.batch_size))
+    jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": p.teacher,
+             "model_overrides": p.model_overrides or {}, "max_len": p.max_len, "batch_size": p.batch_size,
+             "max_steps": p.teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": p.teacher_lr,
+             "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "device": device,
              "precision": precision, "progress": progress,
-             "keep_ids": data_mod.load_vocabulary(run_dir) if trim_vocab else None}
-            for role, seed, folder in (("teacher", teacher_seed, "teacher"), ("ceiling", ceiling_seed,
+             "keep_ids": data_mod.load_vocabulary(run_dir) if p.trim_vocab else None}
+            for role, seed, folder in (("teacher", p.teacher_seed, "teacher"), ("ceiling", p.ceiling_seed,
                                                                                "teacher_ceiling"))]
-    workers = max(1, int(workers)) if torch.device(device).type == "cpu" else 1
+    mode, workers = execution(p.launcher, device, p.workers)
     # The teacher's logits are needed on every split and the transfer pool (the students read them); the ceiling
     # teacher's on val and test. Validation logits come from training (its best step); the rest is scored once.
     wanted = {"teacher": [s for s in encoded if s != "val"], "teacher_ceiling": ["test"]}
     sizes = {s: len(e) for s, e in encoded.items()}
-    score_args = {"max_len": max_len, "device": device, "precision": precision}
-    if launcher == "accelerate":
-        from helpers.parallel.launcher import launch_teacher
-
-        done = [launch_teacher(j, processes=processes, threads=threads) for j in jobs]
+    score_args = {"max_len": p.max_len, "device": device, "precision": precision}
+    if mode == "accelerate":
+        done = [launch_teacher(j, processes=p.processes, threads=p.threads) for j in jobs]
         scored = score_chunks(run_dir, wanted, sizes, **score_args)
-    elif workers > 1:  # the two teachers side by side, one thread each, their progress relayed to this notebook
+    elif mode == "pool":  # the two teachers side by side, one thread each, their progress relayed to this notebook
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         n_proc = min(workers, len(jobs))
-        threads_each = max(1, threads // n_proc)
+        per_process = threads_each(p.threads, n_proc)
         with ctx.Manager() as manager, ctx.Pool(n_proc) as pool:
             lines = manager.Queue()
             with relay(lines):
-                done = pool.map(fit_teacher, [dict(j, threads=threads_each, lines=lines) for j in jobs])
-            scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=threads_each, **score_args)
-        print(f"(the two teachers trained side by side in {n_proc} processes, {threads_each} thread(s) each; "
+                done = pool.map(fit_teacher, [dict(j, threads=per_process, lines=lines) for j in jobs])
+            scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=per_process, **score_args)
+        print(f"(the two teachers trained side by side in {n_proc} processes, {per_process} thread(s) each; "
               f"their splits scored in chunks over the same processes)", flush=True)
     else:
         done = [fit_teacher(j) for j in jobs]
@@ -167,11 +165,11 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
     histories = {role: d["history"] for role, d in results.items()}
     timings = {role: d["seconds"] for role, d in results.items()}
     for role, d in results.items():
-        print(f"{role} ({teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
+        print(f"{role} ({p.teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
               f"examples, {d['examples'] / d['train_seconds']:.0f}/s in training steps, {precision}), best epoch "
-              f"{d['best_step'] // per_epoch} of {teacher_epochs} (chosen on validation {selection_metric})",
+              f"{d['best_step'] // per_epoch} of {p.teacher_epochs} (chosen on validation {p.selection_metric})",
               flush=True)
-    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, max_len, device, precision,
+    logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, p.max_len, device, precision,
                                                  computed=results["teacher"]["logits"])
     c_logits = results["ceiling"]["logits"]
     metrics, preds = record(entries["teacher"], t_logits, labels, None, splits["test"]["id"])
@@ -189,7 +187,7 @@ def run_teacher_stage(run_dir: str | Path, *, teacher: str, teacher_epochs: int,
         "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
             ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
         "collapsed": collapsed, "collapse_gate_split": "val",
-        "precision": precision, "trim_vocab": bool(trim_vocab),
+        "precision": precision, "trim_vocab": bool(p.trim_vocab),
         "majority_rate": card["majority_rate"],
         "majority_val_accuracy": base["majority"]["val"]["accuracy"],
         "majority_test_accuracy": base["majority"]["test"]["accuracy"],

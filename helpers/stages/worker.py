@@ -5,7 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from helpers.parallel.launcher import _dump
+from helpers.parallel.launcher import dump_result
+from helpers.stages.students import load_shared, run_job
+from helpers.stages.teacher import fit_teacher
+from helpers.training.jobs import Job
 
 
 # ---------------------------------------------------------------- each launched process
@@ -31,18 +34,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{accelerator.distributed_type.value}, backend {accelerator.state.backend or 'none'}, device {device}",
               flush=True)
     if spec["kind"] == "teacher":
-        from helpers.stages.teacher import fit_teacher
-
         job = dict(spec["job"], device=device, progress=spec["job"]["progress"] and accelerator.is_main_process)
         result = fit_teacher(job, accelerator=accelerator)
     else:
-        from helpers.stages.students import load_shared, run_job
-        from helpers.training.jobs import Job
-
         load_shared(spec["run_dir"], dict(spec["settings"], device=device))
         result = run_job(Job(**spec["job"]), accelerator=accelerator)
     if accelerator.is_main_process:
-        _dump(result, Path(spec["result"]))
+        dump_result(result, Path(spec["result"]))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

@@ -125,7 +125,8 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     student see identical batches; the transfer arms get a train_set that also holds unlabelled cases (label -1).
     Distilled arms read teacher logits from the batch (cached) or from `teacher_model` (online).
 
-    With an `accelerate.Accelerator` of N processes (data-parallel, under `accelerate launch`; see helpers.parallel.launcher)
+    With an `accelerate.Accelerator` of N processes (data-parallel, under `accelerate launch`; see
+    helpers.parallel.launcher)
     every process walks the same global batches and takes its contiguous 1/N shard of each; its loss is weighted
     by the shard's share of the batch, so the averaged gradient is that of the global batch mean (exactly so for
     unweighted losses; with class_weighted each shard normalises by its own weights). Validation is split across
@@ -158,7 +159,7 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     rows, parts, waited = [], [], 0
     train_seconds = eval_seconds = 0.0
     examples, step, stopped = 0, 0, False
-    with cpu_dropout(model):  # the same dropout, with masks that are cheap to draw on CPU (helpers.training.fast_dropout)
+    with cpu_dropout(model):  # the same dropout, masks cheap to draw on CPU (helpers.training.fast_dropout)
         for step, rows_idx in enumerate(batches, start=1):
             t0 = time.perf_counter()
             mine = np.array_split(rows_idx, world)[rank] if world > 1 else rows_idx

@@ -205,37 +205,10 @@ def soft_target_cases(run_dir: str | Path, max_len: int, n: int = 4) -> pd.DataF
 
 
 def plot_soft_targets(run_dir: str | Path, max_len: int, temperatures=(1, 2, 4, 8), n: int = 4) -> Figure:
-    """What the student actually sees: the teacher's P(first party wins) for real cases at several T (K classes:
-    its whole distribution over the classes at each T)."""
+    """What the student actually sees: the teacher's distribution over the classes for real cases at several T."""
     cases = soft_target_cases(run_dir, max_len, n)
-    if "logit_2" in cases.columns:
-        return _plot_soft_targets_k(run_dir, cases, temperatures)
-    fig = Figure(figsize=(3.2 * len(cases), 3.2))
-    axes = fig.subplots(1, len(cases), sharey=True, squeeze=False)
-    for ax, (_, c) in zip(axes[0], cases.iterrows()):
-        probs = [softmax(np.array([[c["logit_0"], c["logit_1"]]]), t)[0] for t in temperatures]
-        x = np.arange(len(temperatures))
-        ax.bar(x - 0.2, [p[0] for p in probs], 0.4, label="second party wins")
-        ax.bar(x + 0.2, [p[1] for p in probs], 0.4, label="first party wins")
-        ax.set_xticks(x, [f"T={t}" for t in temperatures])
-        ax.set_ylim(0, 1)
-        label = int(c["label"])
-        ax.set_title(f"case {c['id']} (label {label})\nhard label: [{1 - label}, {label}]", fontsize=9)
-    axes[0][0].set_ylabel("teacher probability")
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Soft targets: higher T spreads the teacher's probability mass (the 'dark knowledge')")
-    return _save(fig, run_dir, "03_soft_targets.png")
-
-
-def _logits_of(case: pd.Series) -> np.ndarray:
-    cols = sorted((c for c in case.index if c.startswith("logit_")), key=lambda c: int(c[6:]))
-    return case[cols].to_numpy(float)[None, :]
-
-
-def _plot_soft_targets_k(run_dir: str | Path, cases: pd.DataFrame, temperatures) -> Figure:
-    """The teacher's full distribution over K classes for a few cases at several temperatures (dark knowledge)."""
     names = data_store.load_classes(run_dir)["classes"]
-    fig = Figure(figsize=(4.2 * len(cases), 4.4))
+    fig = Figure(figsize=(max(3.4, 0.45 * len(names) + 2.2) * len(cases), 4.4))
     axes = fig.subplots(1, len(cases), sharey=True, squeeze=False)
     x = np.arange(len(names))
     for ax, (_, c) in zip(axes[0], cases.iterrows()):
@@ -244,48 +217,27 @@ def _plot_soft_targets_k(run_dir: str | Path, cases: pd.DataFrame, temperatures)
             ax.plot(x, softmax(z, t)[0], marker="o", ms=3, lw=1.2, label=f"T={t}")
         label = int(c["label"])
         ax.scatter([label], [1.0], marker="*", s=120, color="black", zorder=5, label="hard label")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, names, rotation=60 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center",
+                      fontsize=7)
+        ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"case {c['id']}\nlabel: {names[label]}; top-class P {c['p_teacher']:.2f}", fontsize=9)
     axes[0][0].set_ylabel("teacher probability")
     axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Soft targets over every class: which wrong answers the teacher finds plausible ('dark knowledge')")
+    fig.suptitle("Soft targets over the classes: higher T spreads the teacher's probability mass ('dark knowledge')")
     return _save(fig, run_dir, "03_soft_targets.png")
 
 
+def _logits_of(case: pd.Series) -> np.ndarray:
+    cols = sorted((c for c in case.index if c.startswith("logit_")), key=lambda c: int(c[6:]))
+    return case[cols].to_numpy(float)[None, :]
+
+
 def plot_losses(run_dir: str | Path, max_len: int, alpha: float, temperature: float) -> Figure:
-    """The two losses side by side for one real case, as the student's P(first party wins) varies."""
+    """The two losses side by side for one real case, as the student's probability of the labelled class varies
+    (with more than two classes the rest of its probability is spread evenly over the other classes)."""
     cases = soft_target_cases(run_dir, max_len, 4)
     c = cases.iloc[len(cases) // 2]
-    if "logit_2" in cases.columns:
-        return _plot_losses_k(run_dir, c, alpha, temperature)
-    q = np.linspace(0.01, 0.99, 199)
-    label = int(c["label"])
-    student_logits = np.stack([np.zeros_like(q), np.log(q / (1 - q))], axis=1)
-    ce = -np.log(np.where(label == 1, q, 1 - q))
-    p_t = softmax(np.array([[c["logit_0"], c["logit_1"]]]), temperature)[0]
-    q_t = softmax(student_logits, temperature)
-    kd = temperature**2 * np.sum(p_t * (np.log(p_t) - np.log(q_t)), axis=1)
-    fig = Figure(figsize=(11, 3.6))
-    axes = fig.subplots(1, 2, sharex=True)
-    axes[0].plot(q, ce, color="tab:blue")
-    axes[0].set_title(f"independent: CE with the hard label ({label})")
-    axes[0].axvline(label, color="tab:blue", ls=":")
-    axes[1].plot(q, kd, color="tab:orange", label=f"T²·KL (T={temperature:g})")
-    axes[1].plot(q, alpha * kd + (1 - alpha) * ce, color="tab:green", label=f"total, alpha={alpha:g}")
-    axes[1].axvline(softmax(np.array([[c["logit_0"], c["logit_1"]]]))[0][1], color="tab:orange", ls=":",
-                    label="teacher's P at T=1")
-    axes[1].set_title("distilled: pulled toward the teacher's probability")
-    axes[1].legend(fontsize=8)
-    for ax in axes:
-        ax.set_xlabel("student's P(first party wins)")
-        ax.set_ylabel("loss")
-    fig.suptitle(f"Case {c['id']}: the minimum of CE is at the label, the KD term's at the teacher's belief")
-    return _save(fig, run_dir, "03_losses.png")
-
-
-def _plot_losses_k(run_dir: str | Path, c: pd.Series, alpha: float, temperature: float) -> Figure:
-    """K classes: both losses as the student's probability of the labelled class varies (the rest spread evenly)."""
     z_t = _logits_of(c)
     k, label = z_t.shape[1], int(c["label"])
     q = np.linspace(0.01, 0.99, 199)
@@ -302,10 +254,11 @@ def _plot_losses_k(run_dir: str | Path, c: pd.Series, alpha: float, temperature:
     axes[1].plot(q, kd, color="tab:orange", label=f"T²·KL (T={temperature:g})")
     axes[1].plot(q, alpha * kd + (1 - alpha) * ce, color="tab:green", label=f"total, alpha={alpha:g}")
     axes[1].axvline(softmax(z_t)[0][label], color="tab:orange", ls=":", label="teacher's P(label) at T=1")
-    axes[1].set_title("distilled: the KD term also wants the other classes' shares right")
+    axes[1].set_title("distilled: pulled toward the teacher's belief, not to certainty")
     axes[1].legend(fontsize=8)
+    rest = "" if k == 2 else "; the rest spread evenly over the other classes"
     for ax in axes:
-        ax.set_xlabel("student's P(labelled class); the rest spread evenly over the other classes")
+        ax.set_xlabel(f"student's P(labelled class){rest}")
         ax.set_ylabel("loss")
     fig.suptitle(f"Case {c['id']}: CE is smallest at certainty, the KD term where the student matches the teacher")
     return _save(fig, run_dir, "03_losses.png")
