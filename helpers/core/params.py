@@ -277,7 +277,7 @@ class StudentParams(TrainingParams, BootstrapParams):
                                   "with it)"))
         if not set(self.transfer_students) <= set(self.students):
             wrong.append(("transfer_students", "must be a subset of students ([] = all)"))
-        if not set(self.transfer_curve_seeds) <= set(self.seeds):
+        if self.transfer_curve and not set(self.transfer_curve_seeds) <= set(self.seeds):
             wrong.append(("transfer_curve_seeds", f"must be a non-empty subset of seeds {self.seeds}"))
         return wrong
 
