@@ -69,12 +69,29 @@ def test_loss_limits_and_temperature_scaling():
     assert float(distillation_loss(t, t, y, 1.0, 2.0)[0]) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_pseudo_label_arm_takes_the_teachers_hard_label_on_unlabelled_cases():
+def test_pseudo_label_arm_is_the_matched_control_of_distilled_transfer():
+    # Labelled cases: exactly the distilled loss. Transfer cases (label -1): alpha * CE(the teacher's argmax) in place
+    # of alpha * T^2 * KL(teacher || student). Every term averaged over the whole batch, by hand:
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
     teacher = torch.tensor([[0.0, 5.0], [5.0, 0.0], [4.0, 0.0]])
     batch = {"labels": torch.tensor([0, -1, -1]), "teacher_logits": teacher}
-    loss, _ = _arm_loss("pseudo_label_transfer", logits, batch, 0.5, 4.0, None)
-    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, torch.tensor([0, 0, 0]))))
+    alpha, t = 0.5, 4.0
+    log_q = F.log_softmax(logits / t, -1)
+    log_p = F.log_softmax(teacher / t, -1)
+    kl0 = float((log_p[0].exp() * (log_p[0] - log_q[0])).sum())
+    ce0 = float(F.cross_entropy(logits[:1], torch.tensor([0])))
+    hard = [float(F.cross_entropy(logits[i:i + 1], torch.tensor([0]))) for i in (1, 2)]  # the teacher says 0 twice
+    expected = (alpha * t * t * kl0 + (1 - alpha) * ce0 + alpha * sum(hard)) / 3
+    loss, _ = _arm_loss("pseudo_label_transfer", logits, batch, alpha, t, None)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # the two transfer arms differ on the transfer rows only: on a batch of labelled cases they are one loss
+    labelled = {"labels": torch.tensor([0, 1, 1]), "teacher_logits": teacher}
+    soft, _ = _arm_loss("distilled_transfer", logits, labelled, alpha, t, None)
+    assert float(_arm_loss("pseudo_label_transfer", logits, labelled, alpha, t, None)[0]) == float(soft)
+    # and on a transfer row the soft term alone differs: alpha * T^2 * KL there
+    kl = [float((log_p[i].exp() * (log_p[i] - log_q[i])).sum()) for i in (1, 2)]
+    soft_all, _ = _arm_loss("distilled_transfer", logits, batch, alpha, t, None)
+    assert float(soft_all) == pytest.approx(expected + alpha * (t * t * sum(kl) - sum(hard)) / 3, rel=1e-6)
 
 
 def _tiny_data(n=32, max_len=16):
@@ -225,3 +242,22 @@ def test_collate_pads_and_stacks():
     assert batch["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [1, -1] and batch["teacher_logits"].shape == (2, 2)
+
+
+def test_transfer_arms_get_the_independent_batches_with_transfer_cases_on_top():
+    from helpers.training.datasets import batch_order
+    from helpers.training.loop import transfer_batches
+
+    labels = np.array([0, 1] * 20 + [-1] * 50)  # 40 labelled cases, then 50 transfer cases
+    cfg = TrainConfig(max_steps=12, lr=1e-3, batch_size=8, seed=3, transfer_batch=5)
+    mixed = transfer_batches(labels, cfg)
+    alone = batch_order(40, 8, 12, 3)  # what the independent arm sees
+    assert len(mixed) == 12
+    for b, ref in zip(mixed, alone):
+        assert b[:8].tolist() == ref.tolist()  # the same labelled cases, in the same order
+        assert len(b) == 13 and (labels[b[8:]] == -1).all()  # five transfer cases on top
+    drawn = np.concatenate([b[8:] for b in mixed])
+    assert len(set(drawn.tolist())) == 50  # one pass over the pool before any repeats (60 draws)
+    assert transfer_batches(labels[:40], cfg)[0].tolist() == alone[0].tolist()
+    with pytest.raises(ValueError, match="transfer_batch"):
+        transfer_batches(labels, TrainConfig(max_steps=2, lr=1e-3, batch_size=8, seed=3))

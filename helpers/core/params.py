@@ -250,7 +250,13 @@ class StudentParams(TrainingParams, BootstrapParams):
     transfer_students: list = param(["S5_Minimal_2x192"], "students that get the transfer arms (empty list: all)",
                                     lambda v: None if isinstance(v, list) else "must be a list of student names")
     transfer_n: int = param(3000, "transfer cases the transfer arms use (at most the pool)", non_negative_int)
-    student_max_steps: int = param(300, "optimizer-step budget per student run (every arm)", positive_int)
+    student_max_passes: float = param(15, "at most this many passes over the labelled training cases per student run "
+                                          "(every arm; early stopping on validation decides within it)",
+                                      positive_number)
+    student_max_steps: int = param(0, "a hard cap on a student run's optimizer steps (0: none, the passes decide)",
+                                   non_negative_int)
+    transfer_batch: int = param(16, "transfer cases added on top of each labelled batch in the transfer arms",
+                                positive_int)
     eval_every: int = param(50, "steps between validation evaluations", positive_int)
     patience: int = param(2, "evaluations without improvement before stopping early (0: never)", non_negative_int)
     student_lr_grid: list = param([5.0e-4, 1.0e-3, 2.0e-3], "learning rates tried (seed 0) for random-init students",

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from helpers.evaluation.metrics import _binary_auc, _macro_f1, _ovr_auc, predicted_class, prob_columns
 
 GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
+PRIMARY_METRIC = "accuracy"  # the primary endpoint: test accuracy, arm vs independent (Holm over that family)
 # Resamples of test cases behind the case-sampling *variance* of macro-F1 and ROC-AUC differences: a variance settles
 # with far fewer resamples than a percentile interval needs (accuracy and agreement need none: per-case formula).
 CASE_VARIANCE_RESAMPLES = 200
@@ -50,54 +50,152 @@ def _metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pr
     return np.array([_metric_from_probs(metric, p, labels, teacher_pred) for p in probs1])
 
 
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n]: how often each of n cases is drawn in each bootstrap resample (n draws with replacement)."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(float)
+
+
+def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC-AUC of `score` for the cases `positive` under each row of case weights [n_boot, n] (ties count half)."""
+    order = np.argsort(score, kind="stable")
+    srt, pos = score[order], positive[order]
+    w = weights[:, order]
+    wp, wn = w * pos, w * ~pos
+    tied = srt[1:] == srt[:-1]
+    if not tied.any():  # each positive beats the negatives below it (a case is never both)
+        wins = (wp * np.cumsum(wn, axis=1)).sum(1)
+    else:  # ... and half of the negatives tied with it
+        first = np.flatnonzero(np.r_[True, ~tied])
+        group = np.cumsum(np.r_[True, ~tied]) - 1
+        neg_tied = np.add.reduceat(wn, first, axis=1)
+        neg_below = np.cumsum(neg_tied, axis=1) - neg_tied
+        wins = ((neg_below[:, group] + 0.5 * neg_tied[:, group]) * wp).sum(1)
+    n_pos, n_neg = wp.sum(1), wn.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
+
+
+def weighted_metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
+                         weights: np.ndarray) -> np.ndarray:
+    """metric of each seed's predictions under each bootstrap resample of the cases: [n_boot, n_seeds].
+
+    `weights` [n_boot, n] (resample_weights) counts how often each case is drawn, so one pass per seed serves every
+    resample; each value equals `_metric_from_probs` on the resampled cases (tests/test_evaluation.py checks it).
+    """
+    multi = probs1.ndim == 3
+    k = probs1.shape[2] if multi else 2
+    out = np.empty((weights.shape[0], probs1.shape[0]))
+    for s, p in enumerate(probs1):
+        preds = predicted_class(p, multiclass=multi)
+        if metric in ("accuracy", "agreement"):
+            ref = labels if metric == "accuracy" else teacher_pred
+            out[:, s] = weights @ (preds == ref).astype(float) / weights.sum(1)
+        elif metric == "macro_f1":  # _macro_f1's confusion count, weighted
+            cell = labels * k + preds
+            cm = np.zeros((weights.shape[0], k * k))
+            for c in np.unique(cell):
+                cm[:, c] = weights[:, cell == c].sum(1)
+            cm = cm.reshape(-1, k, k)
+            tp = np.diagonal(cm, axis1=1, axis2=2)
+            denom = cm.sum(2) + cm.sum(1)
+            present = denom > 0
+            f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
+            n_present = present.sum(1)
+            out[:, s] = np.where(n_present > 0, f1.sum(1) / np.maximum(n_present, 1), 0.0)
+        elif metric == "roc_auc":
+            if not multi:
+                out[:, s] = _weighted_auc(p, labels == 1, weights)
+                continue
+            aucs = np.stack([_weighted_auc(p[:, c], labels == c, weights) for c in range(k)], axis=1)
+            ok = np.isfinite(aucs)
+            with np.errstate(invalid="ignore"):
+                out[:, s] = np.where(ok.sum(1) >= 2, np.nansum(aucs, 1) / ok.sum(1), np.nan)
+        else:
+            raise ValueError(f"unknown metric {metric!r}")
+    return out
+
+
+def two_way_se(ms_seed: float, ms_case: float, ms_within: float, n_seeds: int, n_cases: int) -> tuple[float, float]:
+    """Standard error and Satterthwaite degrees of freedom of a mean over crossed seeds and cases.
+
+    With d_si = mu + a_s + b_i + e_si (seed, case and seed x case effects), the mean over S seeds and N cases has
+    variance sigma_a^2/S + sigma_b^2/N + sigma_e^2/(SN) = (E MS_seed + E MS_case - E MS_res) / (SN). The inputs are
+    the mean squares already divided by SN: `ms_seed` = var_s(seed means) / S, `ms_case` = var_i(case means) / N,
+    and `ms_within` = the mean over seeds of var_i(d_si) / N, from which MS_res / (SN) = (ms_within - ms_case) /
+    (S - 1). A variance component estimated below zero is set to zero (its term leaves the sum), and the degrees of
+    freedom follow the terms that remain: S - 1 for seeds, N - 1 for cases, (S - 1)(N - 1) for the interaction.
+    """
+    if n_seeds < 2:
+        return float(np.sqrt(max(ms_case, 0.0))), float(max(n_cases - 1, 1))
+    ms_res = max(ms_within - ms_case, 0.0) / (n_seeds - 1)
+    df_seed, df_case, df_res = n_seeds - 1, n_cases - 1, (n_seeds - 1) * (n_cases - 1)
+    if ms_seed > ms_res and ms_case > ms_res:
+        terms = [(ms_seed, df_seed), (ms_case, df_case), (ms_res, df_res)]
+        var = ms_seed + ms_case - ms_res
+    elif ms_seed > ms_res:
+        terms, var = [(ms_seed, df_seed)], ms_seed
+    elif ms_case > ms_res:
+        terms, var = [(ms_case, df_case)], ms_case
+    else:
+        terms, var = [(ms_res, df_res)], ms_res
+    denom = sum(m * m / d for m, d in terms)
+    df = var * var / denom if denom > 0 else float(df_seed)
+    return float(np.sqrt(var)), float(df)
+
+
 def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray,
                       metric: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """Mean over seeds of metric(b) - metric(a) with a t-interval that counts seeds and test cases as random.
+    """Mean over seeds of metric(b) - metric(a), with an interval that treats seeds and test cases as random.
 
     `probs_a`, `probs_b`: arrays [n_seeds, n_cases] of P(label = 1), or [n_seeds, n_cases, K] of every class's
     probability for K > 2 classes, paired by seed (same seed, same cases).
-    The standard error adds the between-seed variance of the seed-level differences (s^2 / n_seeds) and the
-    test-case sampling variance of the seed-mean difference (a bootstrap over cases with the seeds held fixed);
-    the interval and the two-sided p-value use a t distribution with n_seeds - 1 degrees of freedom (normal with
-    one seed). With few seeds this is deliberately conservative: a percentile bootstrap over 5 seeds has only
-    126 distinct seed resamples and understates the between-seed variance.
+    Seeds and test cases are two crossed random factors (two_way_se): the standard error counts the seed, case and
+    seed x case variance once each, and the interval and two-sided p-value use a t distribution with Satterthwaite's
+    degrees of freedom. For accuracy and agreement the per-case differences give the mean squares exactly; macro-F1
+    and ROC-AUC have no per-case form, so their case and within-seed terms come from `n_boot` resamples of the
+    cases, the same resamples for every seed and both arms. The verdict holds for new seeds and new cases from the
+    same population; the labelled training set is held fixed (a new training draw is not part of the interval).
     """
     probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
     n_seeds, n = probs_a.shape[:2]
     multi = probs_a.ndim == 3
     diffs = _metric_rows(metric, probs_b, labels, teacher_pred) - _metric_rows(metric, probs_a, labels, teacher_pred)
     point = float(np.mean(diffs))
-    var_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
-    rng = np.random.default_rng(seed)
-    if metric in ("accuracy", "agreement"):  # per-case form: the case variance needs no resampling
+    ms_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
+    if metric in ("accuracy", "agreement"):  # per-case form: the mean squares need no resampling
         ref = labels if metric == "accuracy" else teacher_pred
-        pred_a, pred_b = predicted_class(probs_a, multi), predicted_class(probs_b, multi)
-        per_case = ((pred_b == ref).mean(0) - (pred_a == ref).mean(0))
-        var_case = float(np.var(per_case, ddof=1)) / n
+        d = ((predicted_class(probs_b, multi) == ref).astype(float)
+             - (predicted_class(probs_a, multi) == ref).astype(float))  # [n_seeds, n]
+        ms_case = float(np.var(d.mean(0), ddof=1)) / n
+        ms_within = float(np.mean(np.var(d, axis=1, ddof=1))) / n
     else:
-        boots = [np.nanmean(_metric_rows(metric, probs_b, labels, teacher_pred, idx)
-                            - _metric_rows(metric, probs_a, labels, teacher_pred, idx))
-                 for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
-        var_case = float(np.nanvar(boots, ddof=1))
-    se = float(np.sqrt(var_seed + var_case))
-    df = max(n_seeds - 1, 1)
+        weights = resample_weights(n, n_boot, np.random.default_rng(seed))
+        boot = (weighted_metric_rows(metric, probs_b, labels, teacher_pred, weights)
+                - weighted_metric_rows(metric, probs_a, labels, teacher_pred, weights))  # [n_boot, n_seeds]
+        ms_case = float(np.nanvar(np.nanmean(boot, axis=1), ddof=1))
+        ms_within = float(np.nanmean(np.nanvar(boot, axis=0, ddof=1)))
+    se, df = two_way_se(ms_seed, ms_case, ms_within, n_seeds, n)
+    seed_sd = float(np.std(diffs, ddof=1)) if n_seeds > 1 else 0.0
     if not np.isfinite(point) or not np.isfinite(se):
-        return {"diff": point, "ci_low": np.nan, "ci_high": np.nan, "se": se, "p_value": np.nan,
-                "seed_sd": float(np.std(diffs, ddof=1)) if n_seeds > 1 else 0.0, "n_seeds": n_seeds}
-    crit = float(student_t.ppf(0.5 + level / 2, df)) if n_seeds > 1 else float(norm.ppf(0.5 + level / 2))
+        return {"diff": point, "ci_low": np.nan, "ci_high": np.nan, "se": se, "df": df, "p_value": np.nan,
+                "seed_sd": seed_sd, "n_seeds": n_seeds}
+    crit = float(student_t.ppf(0.5 + level / 2, df))
     if se == 0:
         p_value = 1.0 if point == 0 else 0.0
     else:
-        stat = abs(point) / se
-        p_value = float(2 * (student_t.sf(stat, df) if n_seeds > 1 else norm.sf(stat)))
-    return {"diff": point, "ci_low": point - crit * se, "ci_high": point + crit * se, "se": se, "p_value": p_value,
-            "seed_sd": float(np.std(diffs, ddof=1)) if n_seeds > 1 else 0.0, "n_seeds": n_seeds}
+        p_value = float(2 * student_t.sf(abs(point) / se, df))
+    return {"diff": point, "ci_low": point - crit * se, "ci_high": point + crit * se, "se": se, "df": df,
+            "p_value": p_value, "seed_sd": seed_sd, "n_seeds": n_seeds}
 
 
 def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True, metric: str = "accuracy",
             teacher_name: str = "the teacher", p_adjusted: float | None = None, arm: str = "distillation",
-            did_not_learn: str = "") -> str:
-    """One line: did the arm help, with the interval and the Holm-adjusted p; 'no evidence' when it covers zero."""
+            did_not_learn: str = "", secondary: bool = False) -> str:
+    """One line: did the arm help, with the interval and the Holm-adjusted p; 'no evidence' when it covers zero.
+
+    `secondary`: a contrast outside the primary family (another metric, or another reference than independent):
+    read from its unadjusted interval, and labelled so.
+    """
     if not meaningful:
         return (f"not meaningful: {teacher_name} collapsed to the majority class, so its soft targets carry no "
                 f"signal to distil")
@@ -108,6 +206,9 @@ def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True,
     if np.isnan(ci_low) or np.isnan(ci_high):
         return f"no evidence either way: {metric} {span}"
     significant = p_adjusted is None or not np.isfinite(p_adjusted) or p_adjusted < 0.05
+    if secondary:
+        words = f"{arm} helped" if ci_low > 0 else f"{arm} hurt" if ci_high < 0 else "no evidence of a difference"
+        return f"secondary, unadjusted: {words}: {metric} {span}"
     if ci_low > 0 and significant:
         return f"{arm} helped: {metric} {span}"
     if ci_high < 0 and significant:
@@ -145,8 +246,9 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     """Per student, arm (every mode but independent) and metric: the paired arm - independent test difference.
 
     Columns: model, arm, against (the reference arm), metric, n_seeds, independent_mean/std (the reference arm's),
-    arm_mean/std, diff, ci_low, ci_high (unadjusted 95%), se, p_value, p_adjusted (Holm over every row of the same
-    metric), meaningful, did_not_learn, verdict. Every arm is compared with `independent`; a student with both
+    arm_mean/std, diff, ci_low, ci_high (unadjusted 95%), se, df (Satterthwaite), p_value, endpoint (primary: test
+    accuracy against independent; secondary: every other row), p_adjusted (Holm over the primary rows; empty for
+    secondary rows), meaningful, did_not_learn, verdict. Every arm is compared with `independent`; a student with both
     transfer arms also gets distilled_transfer against pseudo_label_transfer (same extra cases, soft vs hard
     targets), and a student with the chain arm also gets chain against distilled (chain_vs_direct: the same loss
     from the previous, larger student instead of the teacher). A student whose runs predict one class on validation
@@ -188,18 +290,22 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
                              "independent_std": float(np.std(per_a, ddof=1)) if len(seeds) > 1 else 0.0,
                              "arm_mean": float(np.mean(per_b)),
                              "arm_std": float(np.std(per_b, ddof=1)) if len(seeds) > 1 else 0.0,
-                             **{k: stat[k] for k in ("diff", "ci_low", "ci_high", "se", "p_value", "seed_sd")},
+                             **{k: stat[k] for k in ("diff", "ci_low", "ci_high", "se", "df", "p_value", "seed_sd")},
                              "meaningful": meaningful, "did_not_learn": dnl})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    # The primary endpoint: test accuracy, each arm against independent; Holm adjusts that family alone. Every other
+    # metric and contrast is secondary: reported with its unadjusted interval and p, and labelled so.
+    primary = (table["metric"] == PRIMARY_METRIC) & (table["against"] == "independent")
+    table["endpoint"] = np.where(primary, "primary", "secondary")
     table["p_adjusted"] = np.nan
-    for _, g in table.groupby("metric"):
-        usable = g[(g["did_not_learn"] == "") & g["meaningful"]]
-        table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
+    usable = table[primary & (table["did_not_learn"] == "") & table["meaningful"]]
+    table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
     table["ci_half_width"] = (table["ci_high"] - table["ci_low"]) / 2
     table["verdict"] = [verdict(r.diff, r.ci_low, r.ci_high, bool(r.meaningful), r.metric,
                                 p_adjusted=None if np.isnan(r.p_adjusted) else r.p_adjusted,
-                                arm=_contrast_words(r.arm, r.against), did_not_learn=r.did_not_learn)
+                                arm=_contrast_words(r.arm, r.against), did_not_learn=r.did_not_learn,
+                                secondary=r.endpoint == "secondary")
                         for r in table.itertuples()]
     return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"]
 
 _NUM = {"type": "number"}

@@ -117,6 +117,7 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
     model = build_model(spec, teacher=sh.teacher, seed=job.seed, keep_ids=sh.keep_ids,
                         num_labels=sh.teacher.config.num_labels)
     cfg = TrainConfig(max_steps=st["max_steps"], lr=job.lr, batch_size=st["batch_size"], seed=job.seed,
+                      transfer_batch=st.get("transfer_batch", 0),
                       eval_every=st["eval_every"], patience=st["patience"], selection_metric=st["selection_metric"],
                       class_weighted=st["class_weighted"], device=st["device"], precision=st["precision"])
     if job.arm == CHAIN_ARM:  # the previous link's logits stand in for the teacher's (always from the cache)
@@ -193,6 +194,13 @@ def _run_jobs(jobs: list[Job], pool, label: str,
         for job in unlock(res) if unlock is not None else []:
             submit(job)
     return out
+
+
+def step_budget(n_train: int, p: StudentParams) -> int:
+    """Every student run's step cap: `student_max_passes` passes over the labelled training cases (the budget follows
+    the data), at most `student_max_steps` when that is set; early stopping on validation decides within it."""
+    by_passes = int(np.ceil(p.student_max_passes * np.ceil(n_train / p.batch_size)))
+    return min(by_passes, p.student_max_steps) if p.student_max_steps else by_passes
 
 
 def chain_order(sizes: dict[str, int]) -> list[str]:
@@ -287,7 +295,8 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
         arms = [a for a in arms if a not in TRANSFER_ARMS]
     n_transfer = min(p.transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
     settings = {"max_len": p.max_len, "device": device, "teacher_mode": p.teacher_mode, "trim_vocab": p.trim_vocab,
-                "transfer_n": n_transfer, "model_overrides": p.model_overrides or {}, "max_steps": p.student_max_steps,
+                "transfer_n": n_transfer, "model_overrides": p.model_overrides or {},
+                "max_steps": step_budget(len(load_cases(run_dir)["train"]), p), "transfer_batch": p.transfer_batch,
                 "batch_size": p.batch_size, "eval_every": p.eval_every, "patience": p.patience,
                 "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "precision": precision,
                 "alpha": p.alpha, "temperature": p.temperature, "launcher": p.launcher, "processes": p.processes,

@@ -64,8 +64,9 @@ class TrainConfig:
 
     max_steps: int
     lr: float
-    batch_size: int
+    batch_size: int  # labelled cases per batch (every arm)
     seed: int
+    transfer_batch: int = 0  # unlabelled transfer cases added on top of each labelled batch (the transfer arms)
     eval_every: int = 25  # optimizer steps between validation evaluations
     patience: int = 4  # evaluations without improvement before stopping (0: never); never before max_steps // 4
     selection_metric: str = "macro_f1"
@@ -116,13 +117,33 @@ def _validation_logits(model: PreTrainedModel, val_set: CaseDataset, cfg: TrainC
                                                           key=lambda part: part[0])])
 
 
+TRANSFER_STREAM = 1_000_003  # seed offset of the transfer cases' own order (apart from every labelled order)
+
+
+def transfer_batches(labels: np.ndarray, cfg: TrainConfig) -> list[np.ndarray]:
+    """Each step's case indices: the labelled cases in the seeded order every arm shares, then (transfer arms)
+    `cfg.transfer_batch` unlabelled cases on top, from their own seeded order.
+
+    So every arm sees each labelled case equally often and in the same batches; a transfer arm only adds.
+    """
+    labelled, unlabelled = np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)
+    batches = [labelled[b] for b in batch_order(len(labelled), cfg.batch_size, cfg.max_steps, cfg.seed)]
+    if len(unlabelled) == 0:
+        return batches
+    if cfg.transfer_batch <= 0:
+        raise ValueError("parameter transfer_batch: the training set holds transfer cases, so it must be > 0")
+    extra = batch_order(len(unlabelled), cfg.transfer_batch, cfg.max_steps, cfg.seed + TRANSFER_STREAM)
+    return [np.concatenate([b, unlabelled[e]]) for b, e in zip(batches, extra)]
+
+
 def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, cfg: TrainConfig,
           mode: str = "independent", *, alpha: float = 0.5, temperature: float = 4.0,
           teacher_model: PreTrainedModel | None = None, accelerator: Any = None) -> TrainResult:
     """Train `model` in `mode` (an arm of ARMS) for at most cfg.max_steps; restore the best evaluation's weights.
 
-    Every arm draws its batches from `train_set` in the same seeded order, so independent and distilled runs of a
-    student see identical batches; the transfer arms get a train_set that also holds unlabelled cases (label -1).
+    Every arm draws its labelled batches from `train_set` in the same seeded order, so all arms of a student see
+    identical labelled batches; the transfer arms get a train_set that also holds unlabelled cases (label -1), and
+    `cfg.transfer_batch` of them ride on top of each batch (transfer_batches).
     Distilled arms read teacher logits from the batch (cached) or from `teacher_model` (online).
 
     With an `accelerate.Accelerator` of N processes (data-parallel, under `accelerate launch`; see
@@ -151,9 +172,9 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     net, rank, world = model, 0, 1  # net: what the training forward runs (the model, or its data-parallel wrapper)
     if accelerator is not None:
         net, rank, world = accelerator.prepare_model(model), accelerator.process_index, accelerator.num_processes
-    batches = batch_order(len(train_set), cfg.batch_size, cfg.max_steps, cfg.seed)
+    batches = transfer_batches(train_set.labels, cfg)
     digest = hashlib.sha256(np.concatenate(batches).astype(np.int64).tobytes()).hexdigest()[:16]
-    steps_per_pass = int(np.ceil(len(train_set) / cfg.batch_size))
+    steps_per_pass = int(np.ceil(int((train_set.labels >= 0).sum()) / cfg.batch_size))
 
     best = {"value": -np.inf, "state": None, "step": 0, "logits": None}
     rows, parts, waited = [], [], 0

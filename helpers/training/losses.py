@@ -9,18 +9,27 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------- loss
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       alpha: float, temperature: float, class_weights: torch.Tensor | None = None,
-                      labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      labelled: torch.Tensor | None = None,
+                      hard_transfer: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) (batch mean) + (1 - alpha) * CE(student, labels).
 
     The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes
     (the gradient of the KL term shrinks as 1/T^2), so alpha means the same thing at every temperature.
     `labelled` (bool [n]) marks cases with a label: unlabelled transfer cases contribute the KL term alone
     (their CE term is zero), and both terms are still averaged over the whole batch.
+    `hard_transfer` (the pseudo_label_transfer arm, distilled_transfer's matched control): an unlabelled case's
+    soft term T^2 * KL is replaced by CE(student, the teacher's argmax), with the same weight alpha; the labelled
+    cases keep exactly the distilled loss. So distilled_transfer - pseudo_label_transfer is soft vs hard targets on
+    the transfer cases and nothing else. (T^2 stays with the softened KL: it undoes the 1/T^2 its gradient shrinks
+    by, which a hard-label CE at T = 1 does not have.)
     """
     student_logits, teacher_logits = student_logits.float(), teacher_logits.detach().float()
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl_rows = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    if hard_transfer and labelled is not None and not bool(labelled.all()):
+        hard_rows = F.cross_entropy(student_logits, teacher_logits.argmax(-1), reduction="none")
+        kl_rows = torch.where(labelled, kl_rows, hard_rows / temperature**2)
     kl = kl_rows.mean()
     if labelled is None or bool(labelled.all()):
         ce = F.cross_entropy(student_logits, labels, weight=class_weights)
@@ -46,10 +55,5 @@ def _arm_loss(mode: str, logits: torch.Tensor, batch: dict[str, torch.Tensor], a
     if mode == "independent":
         loss = F.cross_entropy(logits.float(), labels, weight=weights)
         return loss, {"ce": float(loss.detach()), "kl": float("nan")}
-    if mode == "pseudo_label_transfer":  # unlabelled cases take the teacher's hard label
-        labelled = labels >= 0
-        targets = torch.where(labelled, labels, batch["teacher_logits"].argmax(-1))
-        loss = F.cross_entropy(logits.float(), targets, weight=weights)
-        return loss, {"ce": float(loss.detach()), "kl": float("nan")}
     return distillation_loss(logits, batch["teacher_logits"], labels, alpha, temperature, weights,
-                             labelled=labels >= 0)
+                             labelled=labels >= 0, hard_transfer=mode == "pseudo_label_transfer")

@@ -150,7 +150,8 @@ def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Fi
 def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "macro_f1", "agreement")) -> Figure:
     """Paired difference arm - independent per student and arm with its unadjusted 95% interval.
 
-    Green / red: the interval excludes zero and the Holm-adjusted p is below 0.05; hollow: the run did not learn.
+    Green / red: the interval excludes zero and, for the primary endpoint (accuracy vs independent), the
+    Holm-adjusted p is below 0.05 (secondary rows: the unadjusted interval alone); hollow: the run did not learn.
     """
     run_dir = Path(run_dir)
     gain = pd.read_csv(run_dir / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
@@ -163,7 +164,8 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
         y = np.arange(len(g))
         err = np.vstack([g["diff"] - g["ci_low"], g["ci_high"] - g["diff"]])
         for i, r in g.iterrows():
-            sig = np.isfinite(r["p_adjusted"]) and r["p_adjusted"] < 0.05
+            sig = (r.get("endpoint", "primary") == "secondary"
+                   or (np.isfinite(r["p_adjusted"]) and r["p_adjusted"] < 0.05))
             color = ("tab:green" if r["ci_low"] > 0 and sig else "tab:red" if r["ci_high"] < 0 and sig
                      else "tab:grey")
             ax.errorbar(r["diff"], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=4,
@@ -177,7 +179,7 @@ def plot_kd_gain(run_dir: str | Path, metrics: tuple[str, ...] = ("accuracy", "m
         fig.suptitle("Teacher collapsed: these differences are NOT meaningful", color="red")
     else:
         fig.suptitle("Each arm minus its reference on the test split (reference: independent unless a row says "
-                     "'vs'); green/red: Holm-adjusted p < 0.05", fontsize=10)
+                     "'vs'); green/red: excludes zero (accuracy vs independent: and Holm p < 0.05)", fontsize=10)
     return _save(fig, run_dir, "03_kd_gain.png")
 
 
@@ -349,13 +351,29 @@ def runs_summary(run_dir: str | Path) -> pd.DataFrame:
     }).reset_index()
 
 
+CONVERGED_SHARE = 0.9  # every arm: at least this share of runs chose a step before their last evaluation
+
+
+def convergence_text(run_dir: str | Path, target: float = CONVERGED_SHARE) -> str:
+    """Did the runs converge? Per arm (over every student), the share of runs whose chosen step came before their
+    last evaluation (a run still improving at its budget's end picks the last one), naming each arm below `target`."""
+    runs = pd.read_csv(Path(run_dir) / "models" / "student_runs.csv", keep_default_na=False)
+    before = (runs["best_step"] < runs["steps"]).groupby(runs["mode"], sort=False).agg(["sum", "count"])
+    parts = [f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in before.iterrows()]
+    short = [arm for arm, r in before.iterrows() if r["sum"] < target * r["count"]]
+    verdict = (f"every arm reaches {target:.0%}" if not short else
+               f"below {target:.0%}: {', '.join(short)} (still improving at the end of their budget: raise "
+               f"student_max_passes, or read their numbers as those of unconverged runs)")
+    return f"Runs whose chosen step came before their last evaluation, per arm: {'; '.join(parts)}; {verdict}."
+
+
 def interval_widths(run_dir: str | Path, metric: str = "accuracy") -> pd.DataFrame:
     """The half-width of every student x arm's unadjusted 95% interval (the run's resolving power) and its p."""
     gain = pd.read_csv(Path(run_dir) / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     g = gain[gain["metric"] == metric]
-    return g[["model", "arm", "against", "n_seeds", "diff", "ci_low", "ci_high", "ci_half_width", "p_value",
-              "p_adjusted"]] \
-        .reset_index(drop=True)
+    cols = ["model", "arm", "against", "n_seeds", "diff", "ci_low", "ci_high", "ci_half_width", "df", "p_value",
+            "p_adjusted", "endpoint"]
+    return g[[c for c in cols if c in g.columns]].reset_index(drop=True)
 
 
 def widths_text(widths: pd.DataFrame) -> str:
