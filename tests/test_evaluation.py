@@ -7,7 +7,13 @@ import pytest
 from scipy.stats import t as student_t
 from sklearn.metrics import f1_score, roc_auc_score
 
-from helpers.evaluation.metrics import classification_metrics, expected_calibration_error, is_collapsed, predicted_class
+from helpers.evaluation.metrics import (
+    class_probs,
+    classification_metrics,
+    expected_calibration_error,
+    is_collapsed,
+    predicted_class,
+)
 from helpers.evaluation.verdicts import (
     CASE_VARIANCE_RESAMPLES,
     _metric_from_probs,
@@ -25,7 +31,7 @@ def test_fast_metrics_equal_sklearn():
     for n in (5, 40, 199):
         labels = rng.integers(0, 2, n)
         probs = np.round(rng.random(n), 2)  # rounding makes ties
-        preds = predicted_class(probs)
+        preds = predicted_class(class_probs(probs))
         assert _metric_from_probs("macro_f1", probs, labels, preds) == pytest.approx(
             f1_score(labels, preds, average="macro", zero_division=0))
         assert _metric_from_probs("roc_auc", probs, labels, preds) == pytest.approx(roc_auc_score(labels, probs))
@@ -204,7 +210,12 @@ def test_a_tie_goes_to_class_0_from_logits_and_from_probabilities(tmp_path):
     labels = np.array([0, 0, 1])
     m = classification_metrics(tied, labels)
     assert m["positive_rate"] == 0.0 and m["accuracy"] == pytest.approx(2 / 3)
-    assert predicted_class(np.array([0.5, 0.5000001, 0.4999999])).tolist() == [0, 1, 0]
+    assert predicted_class(class_probs(np.array([0.5, 0.5000001, 0.4999999]))).tolist() == [0, 1, 0]
+    # two classes as K = 2 decide exactly like p > 0.5, also within rounding distance of 0.5
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.random(100_000), 0.5 + rng.integers(-2000, 2000, 4000) * np.finfo(float).eps,
+                        [0.0, 1.0, 0.5, np.nextafter(0.5, 0), np.nextafter(0.5, 1)]])
+    assert (predicted_class(class_probs(p)) == (p > 0.5)).all()
     probs = np.full(3, 0.5)
     assert _metric_from_probs("accuracy", probs, labels, labels) == pytest.approx(m["accuracy"])
     assert _metric_from_probs("agreement", probs, labels, np.zeros(3, dtype=int)) == 1.0

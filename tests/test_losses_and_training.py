@@ -219,7 +219,7 @@ def test_predict_logits_takes_padded_tensors_and_a_deployed_variant():
     np.testing.assert_allclose(predict_logits(model, padded, batch_size=4), ragged, atol=1e-5)
     fp32 = deploy(model, "fp32", torch.device("cpu"))
     np.testing.assert_allclose(predict_logits(fp32, padded, batch_size=4), ragged, atol=1e-5)
-    np.testing.assert_allclose(predict_proba(fp32, padded, batch_size=4), softmax(ragged)[:, 1], atol=1e-5)
+    np.testing.assert_allclose(predict_proba(fp32, padded, batch_size=4), softmax(ragged), atol=1e-5)
     assert predict_logits(model, []).shape == (0, 2)
 
 

@@ -67,11 +67,9 @@ def deploy(model: nn.Module, variant: str, device: torch.device) -> Deployed:
 
 
 def predict_proba(deployed: Deployed, encodings: dict[str, torch.Tensor], batch_size: int = 32) -> np.ndarray:
-    """P(label = 1) for every example of the padded `encodings` (training.collate), in order; with K > 2 classes,
-    every class's probability [n, K]."""
+    """Every class's probability [n, K] for every example of the padded `encodings` (training.collate), in order."""
     logits = predict_logits(deployed, encodings, batch_size, device=deployed.device)
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    return probs[:, 1] if probs.shape[1] == 2 else probs
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
 def variant_accuracy(checkpoints: Sequence[tuple[str, str | Path]], data: pd.DataFrame, max_len: int,
@@ -84,7 +82,7 @@ def variant_accuracy(checkpoints: Sequence[tuple[str, str | Path]], data: pd.Dat
         model = load_model(folder)
         # fp32 first: deploy() may move the model, never change it
         probs = {v: predict_proba(deploy(model, v, device), encodings, batch_size) for v in variants_for(device)}
-        preds = {v: predicted_class(p, multiclass=p.ndim == 2) for v, p in probs.items()}
+        preds = {v: predicted_class(p) for v, p in probs.items()}
         base_acc = float((preds["fp32"] == labels).mean())
         for variant, pred in preds.items():
             acc = float((pred == labels).mean())

@@ -7,16 +7,27 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 
-def predicted_class(prob_1: np.ndarray, multiclass: bool = False) -> np.ndarray:
-    """Class 1 where P(label = 1) > 0.5, else 0: a tie goes to class 0, as argmax over the logits sends it.
-
-    With `multiclass`, `prob_1` holds every class's probability on its last axis and the prediction is its argmax
-    (a tie goes to the lowest class id, as argmax over the logits sends it).
-    The one decision rule of the suite: metrics from logits (argmax) and from stored probabilities (this) agree.
+def predicted_class(probs: np.ndarray) -> np.ndarray:
+    """The most probable class: argmax over the last (class) axis; a tie goes to the lowest class id, as argmax over
+    the logits sends it. The one decision rule of the suite: metrics from logits and from stored probabilities agree.
     """
-    if multiclass:
-        return np.asarray(prob_1).argmax(axis=-1)
-    return (np.asarray(prob_1) > 0.5).astype(int)
+    return np.asarray(probs).argmax(axis=-1)
+
+
+def class_probs(prob_1: np.ndarray) -> np.ndarray:
+    """Two classes as K = 2: P(class 1) [...] (how two-class predictions are stored, `prob_1`) -> [..., 2] = [1 - p, p].
+
+    argmax([1 - p, p]) is class 1 exactly where p > 0.5 (1 - p is exact for p >= 0.5 and rounds to >= 0.5 below it).
+    """
+    p = np.asarray(prob_1, dtype=float)
+    return np.stack([1 - p, p], axis=-1)
+
+
+def probabilities(predictions: pd.DataFrame) -> np.ndarray:
+    """[n, K] class probabilities of a predictions.csv frame (two classes: its `prob_1` as K = 2)."""
+    cols = prob_columns(predictions)
+    values = predictions[cols].to_numpy(dtype=float)
+    return class_probs(values[:, 0]) if cols == ["prob_1"] else values
 
 
 def prob_columns(predictions: pd.DataFrame) -> list[str]:
@@ -70,7 +81,12 @@ def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _ovr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """One-vs-rest macro ROC-AUC over the classes that occur (with cases outside them); NaN with fewer than two."""
+    """One-vs-rest macro ROC-AUC over the classes that occur (with cases outside them); NaN with fewer than two.
+
+    For two classes the two one-vs-rest AUCs are one number: class 1's score against the rest.
+    """
+    if scores.shape[1] == 2:
+        return _binary_auc((labels == 1).astype(int), scores[:, 1])
     aucs = [_binary_auc((labels == k).astype(int), scores[:, k]) for k in range(scores.shape[1])
             if 0 < (labels == k).sum() < len(labels)]
     return float(np.mean(aucs)) if len(aucs) >= 2 else float("nan")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from helpers.evaluation.metrics import _binary_auc, _macro_f1, _ovr_auc, predicted_class, prob_columns
+from helpers.evaluation.metrics import _macro_f1, _ovr_auc, class_probs, predicted_class, prob_columns
 
 GAIN_METRICS = ("accuracy", "macro_f1", "roc_auc", "agreement")
 PRIMARY_METRIC = "accuracy"  # the primary endpoint: test accuracy, arm vs independent (Holm over that family)
@@ -15,15 +15,16 @@ CASE_VARIANCE_RESAMPLES = 200
 
 
 def _metric_from_probs(metric: str, probs1: np.ndarray, labels: np.ndarray, teacher_pred: np.ndarray) -> float:
-    """metric of one seed's predictions: `probs1` is P(class 1) [n] (binary) or every class's probability [n, K]."""
-    multi = probs1.ndim == 2
-    preds = predicted_class(probs1, multiclass=multi)
+    """metric of one seed's predictions: `probs1` is P(class 1) [n] (two classes) or every class's probability
+    [n, K]; two classes are taken as K = 2 (class_probs)."""
+    probs = class_probs(probs1) if probs1.ndim == 1 else probs1
+    preds = predicted_class(probs)
     if metric == "accuracy":
         return float((preds == labels).mean())
     if metric == "macro_f1":
-        return _macro_f1(preds, labels, probs1.shape[1] if multi else 2)
+        return _macro_f1(preds, labels, probs.shape[1])
     if metric == "roc_auc":
-        return _ovr_auc(labels, probs1) if multi else _binary_auc(labels, probs1)
+        return _ovr_auc(labels, probs)
     if metric == "agreement":
         return float((preds == teacher_pred).mean())
     raise ValueError(f"unknown metric {metric!r}")
@@ -56,21 +57,20 @@ def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC-AUC of `score` for the cases `positive` under each row of case weights [n_boot, n] (ties count half)."""
-    order = np.argsort(score, kind="stable")
-    srt, pos = score[order], positive[order]
-    w = weights[:, order]
-    wp, wn = w * pos, w * ~pos
-    tied = srt[1:] == srt[:-1]
-    if not tied.any():  # each positive beats the negatives below it (a case is never both)
-        wins = (wp * np.cumsum(wn, axis=1)).sum(1)
-    else:  # ... and half of the negatives tied with it
-        first = np.flatnonzero(np.r_[True, ~tied])
-        group = np.cumsum(np.r_[True, ~tied]) - 1
-        neg_tied = np.add.reduceat(wn, first, axis=1)
-        neg_below = np.cumsum(neg_tied, axis=1) - neg_tied
-        wins = ((neg_below[:, group] + 0.5 * neg_tied[:, group]) * wp).sum(1)
-    n_pos, n_neg = wp.sum(1), wn.sum(1)
+    """ROC-AUC of `score` for the cases `positive` under each row of case weights [n_boot, n] (ties count half).
+
+    A positive case beats the negatives scored below it and half of those tied with it: with the negatives sorted,
+    their weights' running sums at each positive's two search positions give both counts for every resample at once.
+    """
+    neg_order = np.argsort(score[~positive], kind="stable")
+    neg_score = score[~positive][neg_order]
+    w_neg = weights[:, ~positive][:, neg_order]
+    cum = np.concatenate([np.zeros((weights.shape[0], 1)), np.cumsum(w_neg, axis=1)], axis=1)
+    pos_score, w_pos = score[positive], weights[:, positive]
+    below = cum[:, np.searchsorted(neg_score, pos_score, side="left")]
+    tied_or_below = cum[:, np.searchsorted(neg_score, pos_score, side="right")]
+    wins = (w_pos * (below + tied_or_below)).sum(1) / 2
+    n_pos, n_neg = w_pos.sum(1), cum[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
 
@@ -82,11 +82,11 @@ def weighted_metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, te
     `weights` [n_boot, n] (resample_weights) counts how often each case is drawn, so one pass per seed serves every
     resample; each value equals `_metric_from_probs` on the resampled cases (tests/test_evaluation.py checks it).
     """
-    multi = probs1.ndim == 3
-    k = probs1.shape[2] if multi else 2
-    out = np.empty((weights.shape[0], probs1.shape[0]))
-    for s, p in enumerate(probs1):
-        preds = predicted_class(p, multiclass=multi)
+    probs = class_probs(probs1) if probs1.ndim == 2 else probs1  # two classes as K = 2
+    k = probs.shape[2]
+    out = np.empty((weights.shape[0], probs.shape[0]))
+    for s, p in enumerate(probs):
+        preds = predicted_class(p)
         if metric in ("accuracy", "agreement"):
             ref = labels if metric == "accuracy" else teacher_pred
             out[:, s] = weights @ (preds == ref).astype(float) / weights.sum(1)
@@ -103,8 +103,8 @@ def weighted_metric_rows(metric: str, probs1: np.ndarray, labels: np.ndarray, te
             n_present = present.sum(1)
             out[:, s] = np.where(n_present > 0, f1.sum(1) / np.maximum(n_present, 1), 0.0)
         elif metric == "roc_auc":
-            if not multi:
-                out[:, s] = _weighted_auc(p, labels == 1, weights)
+            if k == 2:  # the two one-vs-rest AUCs are one number (metrics._ovr_auc)
+                out[:, s] = _weighted_auc(p[:, 1], labels == 1, weights)
                 continue
             aucs = np.stack([_weighted_auc(p[:, c], labels == c, weights) for c in range(k)], axis=1)
             ok = np.isfinite(aucs)
@@ -157,15 +157,16 @@ def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarr
     same population; the labelled training set is held fixed (a new training draw is not part of the interval).
     """
     probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
+    if probs_a.ndim == 2:  # two classes as K = 2
+        probs_a, probs_b = class_probs(probs_a), class_probs(probs_b)
     n_seeds, n = probs_a.shape[:2]
-    multi = probs_a.ndim == 3
     diffs = _metric_rows(metric, probs_b, labels, teacher_pred) - _metric_rows(metric, probs_a, labels, teacher_pred)
     point = float(np.mean(diffs))
     ms_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
     if metric in ("accuracy", "agreement"):  # per-case form: the mean squares need no resampling
         ref = labels if metric == "accuracy" else teacher_pred
-        d = ((predicted_class(probs_b, multi) == ref).astype(float)
-             - (predicted_class(probs_a, multi) == ref).astype(float))  # [n_seeds, n]
+        d = ((predicted_class(probs_b) == ref).astype(float)
+             - (predicted_class(probs_a) == ref).astype(float))  # [n_seeds, n]
         ms_case = float(np.var(d.mean(0), ddof=1)) / n
         ms_within = float(np.mean(np.var(d, axis=1, ddof=1))) / n
     else:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.run_folder import read_json
-from helpers.evaluation.metrics import predicted_class, prob_columns
+from helpers.evaluation.metrics import class_probs, predicted_class, prob_columns
 from helpers.evaluation.verdicts import paired_difference
 from helpers.training.checkpoints import teacher_predictions
 
@@ -45,16 +45,17 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
         labels = ga.drop_duplicates("id").set_index("id").loc[wa.index, "label"].to_numpy()
         a, b = (np.stack([g.pivot_table(index="id", columns="seed", values=c).loc[wa.index, seeds].to_numpy().T
                           for c in cols], axis=-1).squeeze(-1) for g in (ga, gb))  # [seeds, n] or [seeds, n, K]
-        multi = len(cols) > 1
+        if len(cols) == 1:  # two classes as K = 2
+            a, b = class_probs(a), class_probs(b)
         acc = paired_difference(a, b, labels, labels, "accuracy", n_boot=n_boot)
         # agreement with each run's own teacher: score 1 where a model predicts its teacher's class
-        agree_a = (predicted_class(a, multi) == ta.loc[wa.index].to_numpy()).astype(float)
-        agree_b = (predicted_class(b, multi) == tb.loc[wa.index].to_numpy()).astype(float)
+        agree_a = (predicted_class(a) == ta.loc[wa.index].to_numpy()).astype(float)
+        agree_b = (predicted_class(b) == tb.loc[wa.index].to_numpy()).astype(float)
         ones = np.ones(len(labels), dtype=int)
         agr = paired_difference(agree_a, agree_b, ones, ones, "accuracy", n_boot=n_boot)
         rows.append({"model": model, "mode": mode, "seeds": len(seeds),
-                     "accuracy_a": float(np.mean(predicted_class(a, multi) == labels)),
-                     "accuracy_b": float(np.mean(predicted_class(b, multi) == labels)),
+                     "accuracy_a": float(np.mean(predicted_class(a) == labels)),
+                     "accuracy_b": float(np.mean(predicted_class(b) == labels)),
                      "accuracy_diff": acc["diff"], "accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"],
                      "agreement_diff": agr["diff"], "agreement_ci_low": agr["ci_low"],
                      "agreement_ci_high": agr["ci_high"], "lr_a": lrs["a"].get((model, mode), np.nan),

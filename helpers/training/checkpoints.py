@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 
 from helpers.core.run_folder import read_index, read_json, replace_rows
-from helpers.evaluation.metrics import classification_metrics, predicted_class, prediction_frame, prob_columns, softmax
+from helpers.evaluation.metrics import (
+    classification_metrics,
+    predicted_class,
+    prediction_frame,
+    probabilities,
+    softmax,
+)
 from helpers.models.build import count_params, full_vocabulary_params
 from helpers.models.specs import get_spec
 
@@ -54,7 +60,4 @@ def teacher_predictions(run_dir: str | Path) -> pd.Series:
     index = read_index(run_dir)
     preds = pd.read_csv(Path(run_dir) / "models" / "predictions.csv", dtype={"id": str})
     t = preds[(preds["model"] == index["teacher"]["name"]) & (preds["mode"] == "teacher")].set_index("id")
-    cols = prob_columns(t)
-    probs = t[cols].to_numpy()
-    pred = predicted_class(probs, multiclass=True) if len(cols) > 1 else predicted_class(probs[:, 0])
-    return pd.Series(pred, index=t.index, name="prob_1")
+    return pd.Series(predicted_class(probabilities(t)), index=t.index, name="prob_1")

@@ -15,7 +15,7 @@ from helpers.core.run_folder import save_figure as _save
 from helpers.data import baselines as data_baselines
 from helpers.data import store as data_store
 from helpers.data.store import load_cases
-from helpers.evaluation.metrics import predicted_class, prob_columns, softmax
+from helpers.evaluation.metrics import predicted_class, probabilities, softmax
 from helpers.training.checkpoints import teacher_summary
 from helpers.training.teacher_logits import load_teacher_logits
 
@@ -55,27 +55,16 @@ def plot_confusion(run_dir: str | Path) -> Figure:
     preds = pd.read_csv(run_dir / "models" / "predictions.csv")
     t = preds[(preds["model"] == idx["teacher"]["name"]) & (preds["mode"] == "teacher")]
     names = data_store.load_classes(run_dir)["classes"]
-    if len(names) > 2:
-        cm = confusion_matrix(t["label"], predicted_class(t[prob_columns(t)].to_numpy(), multiclass=True),
-                              labels=list(range(len(names))))
-        size = 0.55 * len(names) + 2.5
-        fig = Figure(figsize=(size + 1, size))
-        ax = fig.subplots()
-        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, xticklabels=names, yticklabels=names,
-                    annot_kws={"fontsize": 7})
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("actual class")
-        ax.set_title("Teacher on the test split")
-        return _save(fig, run_dir, "02_teacher_confusion.png")
-    cm = confusion_matrix(t["label"], predicted_class(t["prob_1"]), labels=[0, 1])
-    fig = Figure(figsize=(4.2, 3.6))
+    cm = confusion_matrix(t["label"], predicted_class(probabilities(t)), labels=list(range(len(names))))
+    size = 0.55 * len(names) + 2.5
+    fig = Figure(figsize=(size + 1, size))
     ax = fig.subplots()
-    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
-                xticklabels=["second party", "first party"], yticklabels=["second party", "first party"])
-    ax.set_xlabel("predicted winner")
-    ax.set_ylabel("actual winner")
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, xticklabels=names, yticklabels=names,
+                annot_kws={"fontsize": 7 if len(names) > 2 else 10})
+    ax.tick_params(axis="x", labelrotation=45 if len(names) > 2 else 0, labelsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
     ax.set_title("Teacher on the test split")
     return _save(fig, run_dir, "02_teacher_confusion.png")
 
