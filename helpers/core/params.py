@@ -384,7 +384,7 @@ def literal(value: Any, style: str = "yaml") -> str:
 
 def render_default_profile() -> str:
     """profiles/default.yaml, from the declarations."""
-    lines = ["# Default profile: offline, CPU, the whole suite in about 18 minutes on a 2-core machine (budget: 20).",
+    lines = ["# Default profile: offline, CPU, the whole suite in about 14 minutes on a 2-core machine (budget: 25).",
              "# Generated from helpers/core/params.py (`python -m helpers params > profiles/default.yaml`); every",
              "# notebook's `parameters` cell holds these same defaults. Other profiles list only what they change."]
     section = None
