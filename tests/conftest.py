@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,35 @@ def attribution_params(run_dir, **kw) -> AttributionParams:
 
 def report_params(run_dir, **kw) -> ReportParams:
     return ReportParams(run_dir=str(run_dir), **{**REPORT_TEST, **kw})
+
+
+# ---------------------------------------------------------------- a real browser for the page and JupyterLab tests
+def _chromium() -> str | None:
+    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
+                      shutil.which("google-chrome")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium at 1280 x 900 through selenium, or a skip naming what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = _chromium(), shutil.which("chromedriver")
+    if binary is None or driver is None or not os.access(driver, os.X_OK):
+        pytest.skip("chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    # Without the background-networking flags Chromium's own connections are refused by this closed network.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.binary_location = binary
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome.set_window_size(1280, 900)
+    yield chrome
+    chrome.quit()

@@ -63,36 +63,6 @@ DIRTY_JS = "return !!document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mo
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def _chromium() -> str | None:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
-                      shutil.which("google-chrome")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture
-def browser(tmp_path_factory):
-    """Headless Chromium at 1280 x 900 through selenium, or a skip naming what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = _chromium(), shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if binary is None or not os.access(driver, os.X_OK):
-        pytest.skip("chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.binary_location = binary
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
-    chrome.set_window_size(1280, 900)
-    yield chrome
-    chrome.quit()
-
-
 # --- a JupyterLab server on the project root -------------------------------------------------------------------------
 
 @dataclass

@@ -3,12 +3,9 @@ under their table, and the smoke run's report fits a 1280 px window with every f
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from helpers.report.html import LONG_NOTE, STYLE, table_html
 
@@ -36,36 +33,6 @@ def test_tables_scroll_in_a_box_keep_numbers_whole_and_move_long_notes_below():
 
 
 # --- in headless Chromium --------------------------------------------------------------------------------------------
-
-def _chromium() -> str | None:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
-                      shutil.which("google-chrome")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium at 1280 x 900 through selenium, or a skip naming what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = _chromium(), shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip("chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.binary_location = binary
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
-    chrome.set_window_size(1280, 900)
-    yield chrome
-    chrome.quit()
-
 
 def _open(chrome, path: Path) -> None:
     chrome.get(path.as_uri())
