@@ -296,12 +296,13 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     n_transfer = min(p.transfer_n, pool_size) if any(a in TRANSFER_ARMS for a in arms) else 0
     settings = {"max_len": p.max_len, "device": device, "teacher_mode": p.teacher_mode, "trim_vocab": p.trim_vocab,
                 "transfer_n": n_transfer, "model_overrides": p.model_overrides or {},
-                "max_steps": step_budget(len(load_cases(run_dir)["train"]), p), "transfer_batch": p.transfer_batch,
+                "max_steps": 0, "transfer_batch": p.transfer_batch,  # max_steps: set from the cases below
                 "batch_size": p.batch_size, "eval_every": p.eval_every, "patience": p.patience,
                 "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "precision": precision,
                 "alpha": p.alpha, "temperature": p.temperature, "launcher": p.launcher, "processes": p.processes,
                 "threads": p.threads}
     shared = load_shared(run_dir, settings)
+    settings["max_steps"] = step_budget(len(shared.train_set), p)  # shared holds this dict: workers start after
     write_json(run_dir / "models" / "student_settings.json", settings)
     if n_transfer:
         print(f"transfer arms on {n_transfer} unlabelled cases ({n_transfer / len(shared.train_set):.1f}x the "
