@@ -55,7 +55,13 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
     pair = runs[runs["mode"].isin(["independent", "distilled"])].groupby(["model", "seed"])["batch_digest"].nunique()
     assert (pair == 1).all()
     lr = pd.read_csv(r / "models" / "lr_selection.csv")
-    assert lr.groupby("model")["chosen"].sum().eq(2).all()  # one rate per student, its two seed-0 trials
+    # every arm of every student chose its own rate, on both tuning seeds: two chosen trial rows per student x arm
+    arms_run = set(zip(runs["model"], runs["mode"])) - {("Smoke_Half_1x64", "chain")}
+    assert set(zip(lr["model"], lr["arm"])) == arms_run
+    assert lr.groupby(["model", "arm"])["chosen"].sum().eq(2).all()
+    chosen = lr[lr["chosen"]].drop_duplicates(["model", "arm"]).set_index(["model", "arm"])["lr"]
+    for (model, mode), g in runs.groupby(["model", "mode"]):
+        assert set(g["lr"]) == {chosen[(model, mode)]}, (model, mode)  # every seed trains at its arm's rate
     assert (r / "data" / "transfer.csv").is_file() and (r / "data" / "vocab.json").is_file()
     summary = pd.read_csv(r / "attributions" / "summary.csv")
     assert "ceiling" in set(summary["mode"])
@@ -127,7 +133,7 @@ def test_no_decision_reads_the_test_labels(smoke_run, tmp_path):
         hist = pd.read_csv(r / "models" / "teacher" / "history.csv")
         rec = s["recommendation"]
         return {"collapsed": t["collapsed"], "teacher_best": hist.loc[hist["best"], "step"].tolist(),
-                "lrs": lr[lr["chosen"]][["model", "lr"]].drop_duplicates().values.tolist(),
+                "lrs": lr[lr["chosen"]][["model", "arm", "lr"]].drop_duplicates().values.tolist(),
                 "runs": runs[["model", "mode", "seed", "lr", "steps", "best_step", "stopped_early",
                               "did_not_learn"]].values.tolist(),
                 "recommendation": (rec["model"], rec["mode"], rec["selected_on"], rec["val_accuracy"])}

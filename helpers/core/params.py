@@ -259,10 +259,14 @@ class StudentParams(TrainingParams, BootstrapParams):
                                 positive_int)
     eval_every: int = param(50, "steps between validation evaluations", positive_int)
     patience: int = param(2, "evaluations without improvement before stopping early (0: never)", non_negative_int)
-    student_lr_grid: list = param([5.0e-4, 1.0e-3, 2.0e-3], "learning rates tried (seed 0) for random-init students",
-                                  lr_list)
+    student_lr_grid: list = param([5.0e-4, 1.0e-3, 2.0e-3], "learning rates every arm tries for random-init "
+                                                            "students", lr_list)
     student_lr_grid_warm: list = param([2.5e-4, 5.0e-4], "... for students that start from teacher layers or "
                                                          "pretrained", lr_list)
+    lr_tune_seeds: int = param(2, "each arm's rate is chosen on its mean validation score over this many first "
+                                  "seeds (at most all)", positive_int)
+    student_lr_extend: int = param(2, "rates added past a grid's edge when an arm's best rate sits there (0: never)",
+                                   non_negative_int)
     seeds: list = param([0, 1, 2, 3, 4], "student seeds (each student x arm x seed)", seed_list)
     transfer_curve: list = param([2], "transfer-pool sizes (multiples of the labelled set) for one student's curve "
                                       "([] skips)",

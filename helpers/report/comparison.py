@@ -65,15 +65,15 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.
 
 
 def _learning_rates(run_dir: Path) -> dict[tuple[str, str], float]:
-    """The learning rate each student x arm trained with (models/student_runs.csv; chosen on seed 0's validation)."""
+    """The learning rate each student x arm trained with (models/student_runs.csv; each arm chose it on validation)."""
     runs = pd.read_csv(run_dir / "models" / "student_runs.csv")
     return {(r.model, r.mode): float(r.lr) for r in runs.drop_duplicates(["model", "mode"]).itertuples()}
 
 
 def confounds(table: pd.DataFrame) -> list[str]:
     """What else differs between the two runs of a `compare_runs` table, row by row: today the learning rate, which
-    each run chooses for itself on seed 0's validation split. Where it differs, the row measures that choice as well
-    as the setting under comparison."""
+    each arm of each run chooses for itself on its tuning seeds' validation split. Where it differs, the row measures
+    that choice as well as the setting under comparison."""
     notes = []
     for r in table.itertuples():
         if not np.isclose(r.lr_a, r.lr_b, rtol=1e-9, atol=0.0):

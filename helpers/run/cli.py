@@ -1,4 +1,4 @@
-"""The command line: `python -m helpers run ...` and `python -m helpers sweep ...`."""
+"""The command line: `python -m helpers run ...`, `sweep ...`, `replicate ...` and `params`."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +35,22 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                            help="a fixed (not swept) parameter override")
+    rep = sub.add_parser("replicate", help="rerun a finished run's student stage with other seeds (or on another "
+                                           "synthetic corpus) and compare the verdicts row by row",
+                         description="rerun the student stage of a finished run folder with a disjoint seed set, "
+                                     "reusing its data and teacher (or, with --synthetic-seed, on a new corpus with "
+                                     "its own teacher), and print whether each verdict agrees, contradicts or is "
+                                     "undecided in one of the two runs (replication.csv in the replicate's folder)")
+    rep.add_argument("--run-dir", default="runs/default", help="the finished run folder (default runs/default)")
+    rep.add_argument("--seeds", help="the replicate's seeds, comma-separated (default: as many as the run used, "
+                                     "above its largest: 0-4 -> 5-9)")
+    rep.add_argument("--synthetic-seed", type=int, help="also draw a new synthetic corpus with this generator seed "
+                                                        "(data and teacher are made anew)")
+    rep.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                     help="another change for the replicate (e.g. -p precision fp32)")
+    rep.add_argument("--out", help="the replicate's run folder (default: beside the run, named after the change)")
+    rep.add_argument("--force", action="store_true", help="rerun its stages even when up to date")
+    rep.add_argument("--verbose", action="store_true", help="stream papermill's log")
     params = sub.add_parser("params", help="print the default profile, rendered from the parameters' declarations",
                             description="print profiles/default.yaml as helpers/core/params.py declares it "
                                         "(`python -m helpers params > profiles/default.yaml` after adding a "
@@ -53,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from helpers.run.runner import StageFailed
 
-    transfer = [("transfer_path", args.transfer)] if args.transfer is not None else []
+    transfer = [("transfer_path", args.transfer)] if getattr(args, "transfer", None) is not None else []
     try:
         if args.command == "run":
             from helpers.config.resolve import resolve
@@ -62,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             params = resolve(None if args.param_file else args.profile, args.param_file, [*args.param, *transfer],
                              args.data, args.run_dir)
             run(params, only=args.only, start=args.start, until=args.until, force=args.force, verbose=args.verbose)
+        elif args.command == "replicate":
+            from helpers.run.replicate import replicate
+
+            seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+            replicate(args.run_dir, seeds=seeds, synthetic_seed=args.synthetic_seed, out_dir=args.out,
+                      overrides=args.param, force=args.force, verbose=args.verbose)
         else:
             from helpers.run.sweep import sweep
 

@@ -31,6 +31,8 @@ from helpers.training.checkpoints import index_entry, record, replace_student_ro
 from helpers.training.datasets import CaseDataset, encode_splits
 from helpers.training.jobs import Job, job_folder
 from helpers.training.loop import TrainConfig, predict_logits, train
+from helpers.training.lr_search import ArmSearch
+from helpers.training.lr_search import lr_table as lr_search_table
 from helpers.training.precision import resolve_precision
 from helpers.training.teacher_logits import cache_teacher_logits, load_teacher_logits, read_cached_logits
 
@@ -150,24 +152,24 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
                     "did_not_learn": _did_not_learn(result.val_logits)}}
 
 
-def _run_jobs(jobs: list[Job], pool, label: str,
-              then: dict[tuple[str, str, int], Callable[[dict[str, Any]], list[Job]]] | None = None,
+def _run_jobs(jobs: list[Job], pool, label: str, on_done: Callable[[dict[str, Any]], list[Job]] | None = None,
               later: int = 0) -> list[dict[str, Any]]:
     """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left.
 
-    `then[(name, arm, seed)]`, called with that run's result when it finishes, returns the jobs it unlocks (a chain
-    link waits for the previous link's model); they join the queue while independent jobs keep the workers busy.
-    `later` counts those jobs for the progress line.
+    `on_done`, called in this process with each run's result as it finishes, returns the jobs that result unlocks
+    (the next learning rate past a grid's edge, an arm's remaining seeds once its rate is chosen, a chain link once
+    the previous link's model exists); they join the queue while other jobs keep the workers busy. `later` is the
+    number of jobs expected to be unlocked, for the progress line.
     """
-    then = dict(then or {})
-    out, start, total = [], time.perf_counter(), len(jobs) + later
+    out, start, expected = [], time.perf_counter(), len(jobs) + later
     done: queue.Queue = queue.Queue()
     backlog: deque[Job] = deque()
-    pending = 0
+    pending, submitted = 0, 0
 
     def submit(job: Job) -> None:
-        nonlocal pending
+        nonlocal pending, submitted
         pending += 1
+        submitted += 1
         if pool is None:
             backlog.append(job)
         else:
@@ -181,17 +183,16 @@ def _run_jobs(jobs: list[Job], pool, label: str,
         if isinstance(res, BaseException):
             raise res
         out.append(res)
-        k = len(out)
+        k, total = len(out), max(expected, submitted)
         r, elapsed = res["row"], time.perf_counter() - start
         left = elapsed / k * (total - k)
-        lr = f"  lr {r['lr']:g}" if not res["job"].final else ""
+        lr = f"  lr {r['lr']:g}" + ("" if res["job"].final else " (trial)")
         print(f"[{label} {k}/{total}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
               f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
               f"{' (early stop)' if r['stopped_early'] else ''}  "
               f"{r['train_examples'] / max(r['train_seconds'], 1e-9):.0f} ex/s  ({r['seconds']:.0f} s)"
               f"{'  DID NOT LEARN: ' + r['did_not_learn'] if r['did_not_learn'] else ''}", flush=True)
-        unlock = then.pop((res["job"].name, res["job"].arm, res["job"].seed), None)
-        for job in unlock(res) if unlock is not None else []:
+        for job in on_done(res) if on_done is not None else []:
             submit(job)
     return out
 
@@ -223,21 +224,6 @@ def cache_link_logits(shared: Shared, link_teacher: str | Path) -> Path:
     path, _ = cache_teacher_logits(shared.run_dir, train_cases, {"train": shared.encoded["train"]}, st["max_len"],
                                    st["device"], st["precision"], teacher_dir=link_teacher, folder="chain_logits")
     return path
-
-
-def select_learning_rates(trials: list[dict[str, Any]], metric: str) -> tuple[dict[str, float], pd.DataFrame]:
-    """Per student: the learning rate with the best mean validation metric over its independent and distilled
-    seed-0 trials (both arms count equally, so the choice favours neither); ties go to the smaller rate."""
-    table = pd.DataFrame([{"model": t["job"].name, "lr": t["job"].lr, "arm": t["job"].arm,
-                           "val_metric": t["val_metric"], "best_step": t["row"]["best_step"],
-                           "steps": t["row"]["steps"]} for t in trials])
-    table["metric"] = metric
-    score = table.groupby(["model", "lr"])["val_metric"].mean()
-    table["mean_val_metric"] = [score[(m, lr)] for m, lr in zip(table["model"], table["lr"])]
-    chosen = {m: float(g.sort_values(["mean_val_metric", "lr"], ascending=[False, True])["lr"].iloc[0])
-              for m, g in table.groupby("model", sort=False)}
-    table["chosen"] = [chosen[m] == lr for m, lr in zip(table["model"], table["lr"])]
-    return chosen, table
 
 
 def run_student_stage(p: StudentParams) -> dict[str, Any]:
@@ -323,6 +309,7 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     specs = {name: get_spec(name, p.model_overrides) for name in p.students}
     grids = {name: (p.student_lr_grid if specs[name].init == "random" else p.student_lr_grid_warm)
              for name in p.students}
+    tune_seeds, rest_seeds = list(p.seeds[:p.lr_tune_seeds]), list(p.seeds[p.lr_tune_seeds:])
     _, workers = execution(p.launcher, device, p.workers)
     pool = None
     if workers > 1:
@@ -331,71 +318,91 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
                                             initargs=(str(run_dir), settings, threads_each(p.threads, workers)))
         print(f"{workers} training processes, {threads_each(p.threads, workers)} thread(s) each", flush=True)
+    print(f"every arm of every student chooses its own learning rate on validation {p.selection_metric}, the mean "
+          f"over seeds {', '.join(map(str, tune_seeds))} (grids: {', '.join(f'{n} {grids[n]}' for n in p.students)}; "
+          f"up to {p.student_lr_extend} more rate(s) past an edge where the best one sits); the trial runs at the "
+          f"chosen rate are those seeds' runs", flush=True)
     staging = run_dir / "models" / "students" / ".trials"
+    searches: dict[tuple[str, str], ArmSearch] = {}
+    trials: list[dict[str, Any]] = []
+    promoted: dict[tuple[str, str, int], dict[str, Any]] = {}  # the chosen rate's trials, now final runs
+    chain_rows: list[dict[str, Any]] = []
+    curve_name = curve_student(p.students, arms, transfer_students) if p.transfer_curve else None
+    curve_seeds = list(p.transfer_curve_seeds or p.seeds[:1])
+
+    def start_search(name: str, arm: str, link_logits: str | None = None) -> list[Job]:
+        s = ArmSearch(name, arm, list(grids[name]), tune_seeds, p.student_lr_extend, link_logits=link_logits)
+        searches[(name, arm)] = s
+        return [Job(name, arm, seed, lr, final=False, link_logits=link_logits) for lr in s.grid for seed in s.seeds]
+
+    def promote(t: dict[str, Any]) -> dict[str, Any]:
+        """A trial at the chosen rate becomes that seed's final run: moved into place, scored on test once."""
+        job = t["job"]
+        final = Job(job.name, job.arm, job.seed, job.lr, final=True, link_logits=job.link_logits)
+        target = job_folder(run_dir, final)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        t["path"].rename(target)
+        model = load_model(target, device)
+        return {**t, "job": final, "path": target,
+                "entry": index_entry(job.name, "student", job.arm, job.seed, target, run_dir, model),
+                "test_logits": predict_logits(model, shared.encoded["test"], device=device, precision=precision)}
+
+    def unlock_link(k: int, source: Path) -> list[Job]:
+        """Link k's learning-rate search, once its teacher (the previous link's first-seed model) exists."""
+        path = cache_link_logits(shared, source)
+        rel = path.relative_to(run_dir).as_posix()
+        chain_rows.append({"link": k + 1, "model": links[k], "teacher": links[k - 1],
+                           "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": p.seeds[0],
+                           "teacher_path": source.relative_to(run_dir).as_posix(), "logits": rel})
+        return start_search(links[k], CHAIN_ARM, link_logits=rel)
+
+    def on_done(res: dict[str, Any]) -> list[Job]:
+        job = res["job"]
+        if job.final or job.transfer_n is not None:  # a final run or a curve point: nothing waits on it
+            return []
+        trials.append(res)
+        s = searches[(job.name, job.arm)]
+        s.record(job.lr, job.seed, res["val_metric"])
+        if not s.complete():
+            return []
+        wider = s.extend()
+        if wider:
+            print(f"{job.name} {job.arm}: best rate at the edge of {[f'{g:g}' for g in s.grid if g not in wider]}; "
+                  f"trying {wider[0]:g}", flush=True)
+            return [Job(job.name, job.arm, seed, wider[0], final=False, link_logits=s.link_logits)
+                    for seed in s.seeds]
+        lr = s.best()
+        edge = " (still at an edge of the rates tried)" if s.at_edge() else ""
+        print(f"{job.name} {job.arm}: learning rate {lr:g} chosen (mean validation {p.selection_metric} "
+              f"{s.means()[lr]:.3f} over seeds {', '.join(map(str, s.seeds))}; tried "
+              f"{', '.join(f'{g:g}' for g in s.grid)}){edge}", flush=True)
+        for t in trials:
+            if (t["job"].name, t["job"].arm) == (job.name, job.arm) and t["job"].lr == lr:
+                promoted[(job.name, job.arm, t["job"].seed)] = promote(t)
+        out = [Job(job.name, job.arm, seed, lr, final=True, link_logits=s.link_logits) for seed in rest_seeds]
+        k = links.index(job.name) + 1 if job.name in links else 0
+        if 0 < k < len(links) and job.arm == ("distilled" if k == 1 else CHAIN_ARM):
+            out += unlock_link(k, promoted[(job.name, job.arm, p.seeds[0])]["path"])
+        if job.name == curve_name and job.arm == "distilled_transfer":
+            out += _curve_jobs(curve_name, list(p.transfer_curve), curve_seeds, lr, len(shared.train_set),
+                               len(shared.transfer_set), n_transfer)
+        return out
+
     try:
-        trial_jobs = [Job(n, arm, p.seeds[0], lr, final=False) for n in p.students if len(grids[n]) > 1
-                      for lr in grids[n] for arm in ("independent", "distilled")]
-        trials = _run_jobs(trial_jobs, pool, "learning-rate trials") if trial_jobs else []
-        chosen, lr_table = select_learning_rates(trials, p.selection_metric) if trials else ({}, None)
-        for name in p.students:
-            chosen.setdefault(name, float(grids[name][0]))
-            if len(grids[name]) > 1:
-                print(f"{name}: learning rate {chosen[name]:g} chosen on validation {p.selection_metric} (seed "
-                      f"{p.seeds[0]}, mean of independent and distilled) from "
-                      f"{', '.join(f'{g:g}' for g in grids[name])}",
-                      flush=True)
-        reused = {}
-        for t in trials:  # the chosen rate's trials are the seed-0 runs: move them into place, score test once
-            job = t["job"]
-            if job.lr == chosen[job.name]:
-                final = Job(job.name, job.arm, job.seed, job.lr, final=True)
-                target = job_folder(run_dir, final)
-                if target.exists():
-                    shutil.rmtree(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                t["path"].rename(target)
-                model = load_model(target, device)
-                t.update(job=final, path=target, entry=index_entry(job.name, "student", job.arm, job.seed, target,
-                                                                    run_dir, model),
-                         test_logits=predict_logits(model, shared.encoded["test"], device=device,
-                                                    precision=precision))
-                reused[(job.name, job.arm)] = t
-        jobs = [Job(n, arm, seed, chosen[n], final=True) for n in p.students for seed in p.seeds for arm in arms
-                if (arm not in TRANSFER_ARMS or n in transfer_students) and arm != CHAIN_ARM and (n, arm, seed) not in
-                {(k[0], k[1], p.seeds[0]) for k in reused}]
-        chain_rows: list[dict[str, Any]] = []
-
-        def unlock(k: int, source: Path) -> list[Job]:
-            """Link k's jobs, once its teacher (the previous link's first-seed model at `source`) exists."""
-            path = cache_link_logits(shared, source)
-            chain_rows.append({"link": k + 1, "model": links[k], "teacher": links[k - 1],
-                               "teacher_mode": "distilled" if k == 1 else CHAIN_ARM, "teacher_seed": p.seeds[0],
-                               "teacher_path": source.relative_to(run_dir).as_posix(),
-                               "logits": path.relative_to(run_dir).as_posix()})
-            return [Job(links[k], CHAIN_ARM, seed, chosen[links[k]], final=True,
-                        link_logits=path.relative_to(run_dir).as_posix()) for seed in p.seeds]
-
-        then, later = {}, 0
-        for k in range(1, len(links)):
-            source = (links[k - 1], "distilled" if k == 1 else CHAIN_ARM, p.seeds[0])
-            if k == 1 and (links[0], "distilled") in reused:  # the first link's seed-0 run is a reused trial
-                jobs += unlock(k, reused[(links[0], "distilled")]["path"])
-            else:
-                then[source] = lambda res, k=k: unlock(k, res["path"])
-                later += len(p.seeds)
-        curve_name = curve_student(p.students, arms, transfer_students) if p.transfer_curve else None
-        curve_seeds = list(p.transfer_curve_seeds or p.seeds[:1])
-        if curve_name is not None:  # the curve's extra points ride in the same pool, after the stage's own runs
-            jobs += _curve_jobs(curve_name, list(p.transfer_curve), curve_seeds, chosen[curve_name],
-                                len(shared.train_set), len(shared.transfer_set), n_transfer)
-        done = _run_jobs(jobs, pool, "runs", then=then, later=later)
-        finals = [r for r in done if r["job"].final] + list(reused.values())
-        curve_runs = [r for r in done if not r["job"].final]
+        jobs = [j for n in p.students for arm in arms if arm != CHAIN_ARM
+                and (arm not in TRANSFER_ARMS or n in transfer_students) for j in start_search(n, arm)]
+        later = sum(len(p.seeds) - len(tune_seeds) for _ in searches) + (len(links) - 1) * len(p.seeds)
+        done = _run_jobs(jobs, pool, "runs", on_done=on_done, later=later)
+        finals = [r for r in done if r["job"].final] + list(promoted.values())
+        curve_runs = [r for r in done if not r["job"].final and r["job"].transfer_n is not None]
     finally:
         if pool is not None:
             pool.close()
             pool.join()
         shutil.rmtree(staging, ignore_errors=True)
+    lr_table = lr_search_table(list(searches.values()), trials, p.selection_metric)
 
     order = {(n, a, s): i for i, (n, s, a) in enumerate((n, s, a) for n in p.students for s in p.seeds for a in arms)}
     finals.sort(key=lambda f: order.get((f["job"].name, f["job"].arm, f["job"].seed), len(order)))

@@ -340,6 +340,38 @@ def runs_summary(run_dir: str | Path) -> pd.DataFrame:
     }).reset_index()
 
 
+def lr_grid_table(run_dir: str | Path) -> pd.DataFrame:
+    """The learning-rate search (models/lr_selection.csv) as a grid: one row per student x arm, one column per rate
+    tried, each cell the mean validation score over the tuning seeds ± their sd; `*` marks the chosen rate and `~` a
+    rate within the arm's seed-to-seed spread of it (the tuning seeds do not tell the two apart)."""
+    lr = pd.read_csv(Path(run_dir) / "models" / "lr_selection.csv")
+    cells = lr.groupby(["model", "arm", "lr"], sort=False).agg(
+        mean=("mean_val_metric", "first"), sd=("seed_sd", "first"), chosen=("chosen", "first"),
+        near=("within_seed_spread", "first")).reset_index()
+    cells["cell"] = [f"{m:.3f} ± {sd:.3f}{' *' if c else ' ~' if n else ''}"
+                     for m, sd, c, n in zip(cells["mean"], cells["sd"], cells["chosen"], cells["near"])]
+    grid = cells.pivot(index=["model", "arm"], columns="lr", values="cell").fillna("")
+    grid.columns = [f"lr {c:g}" for c in grid.columns]
+    grid = grid.reindex(pd.MultiIndex.from_frame(cells[["model", "arm"]].drop_duplicates())).reset_index()
+    return grid
+
+
+def lr_choice_text(run_dir: str | Path) -> str:
+    """Where the learning-rate choice is fragile: arms whose chosen rate is still at an edge of the rates tried, and
+    arms where another rate lies within the seed-to-seed spread of the chosen one."""
+    lr = pd.read_csv(Path(run_dir) / "models" / "lr_selection.csv")
+    per_arm = lr.groupby(["model", "arm"], sort=False)
+    edge = [f"{m} {a}" for (m, a), g in per_arm if g["chosen_at_edge"].any()]
+    near = [f"{m} {a} ({', '.join(f'{v:g}' for v in sorted(set(g.loc[g['within_seed_spread'] & ~g['chosen'], 'lr'])))})"
+            for (m, a), g in per_arm if (g["within_seed_spread"] & ~g["chosen"]).any()]
+    parts = [f"Still at an edge of the rates tried (the search ran out of extensions; a wider grid might do "
+             f"better): {', '.join(edge)}." if edge else "Every chosen rate is interior to the rates tried."]
+    parts.append(f"Another rate within the seed-to-seed spread of the chosen one (a near-tie the tuning seeds cannot "
+                 f"split; either rate is a fair choice): {'; '.join(near)}." if near else
+                 "No other rate is within the seed-to-seed spread of a chosen one.")
+    return " ".join(parts)
+
+
 CONVERGED_SHARE = 0.9  # every arm: at least this share of runs chose a step before their last evaluation
 
 
