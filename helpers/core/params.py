@@ -200,11 +200,16 @@ class DataParams(RunFolderParams):
     data_path: str = param("", "empty: generate the synthetic JUSTICE-schema corpus; else a justice.csv path", text)
     synthetic_n: int = param(3150, "synthetic labelled cases generated (train + val + test)", positive_int)
     synthetic_seed: int = param(7, "synthetic generator seed", lambda v: None if _is_int(v) else "must be an integer")
+    synthetic_style: str = param("short", "short (the default corpus) | justice (the real JUSTICE file's lengths and "
+                                          "class shares)", one_of("short", "justice"))
     synthetic_transfer_n: int = param(3000, "synthetic unlabelled transfer cases (labels withheld from every model)",
                                       non_negative_int)
     transfer_path: str = param("", "empty: the synthetic pool (or none for real data); else a csv whose labels are "
                                    "ignored", lambda v: None if isinstance(v, str)
                                else "must be a path string ('' = none)")
+    transfer_augment: int = param(0, "transfer cases built from the training split alone (windows past what the "
+                                     "models read, recombined sentences; 0: none; transfer_path wins)",
+                                  non_negative_int)
     text_template: str = param("{first_party} v. {second_party}. {facts}", "model input built from the cleaned "
                                                                            "columns", text)
     val_frac: float = param(0.2, "share of cases in validation", fraction)
@@ -225,8 +230,10 @@ class TeacherParams(TrainingParams):
     STAGE: ClassVar[str] = "02"
     TITLE: ClassVar[str] = "teacher (02)"
     teacher: str = param("MiniLM_L6_Teacher", "model spec name (helpers.models.specs.REGISTRY)", text)
-    teacher_epochs: int = param(4, "fine-tuning epochs", positive_int)
+    teacher_epochs: int = param(4, "fine-tuning epochs (at most, with teacher_patience)", positive_int)
     teacher_lr: float = param(1.0e-4, "teacher learning rate", positive_number)
+    teacher_patience: int = param(0, "epochs without validation improvement before a teacher stops (0: never; then "
+                                     "teacher_epochs is the budget)", non_negative_int)
     teacher_seed: int = param(0, "teacher seed", lambda v: None if _is_int(v) else "must be an integer")
     ceiling_seed: int = param(1, "second teacher's seed (attribution noise ceiling)",
                               lambda v: None if _is_int(v) else "must be an integer")
@@ -259,8 +266,8 @@ class StudentParams(TrainingParams, BootstrapParams):
                                 positive_int)
     eval_every: int = param(50, "steps between validation evaluations", positive_int)
     patience: int = param(2, "evaluations without improvement before stopping early (0: never)", non_negative_int)
-    student_lr_grid: list = param([5.0e-4, 1.0e-3, 2.0e-3], "learning rates every arm tries for random-init "
-                                                            "students", lr_list)
+    student_lr_grid: list = param([2.5e-4, 5.0e-4], "learning rates every arm tries first for random-init students",
+                                  lr_list)
     student_lr_grid_warm: list = param([2.5e-4, 5.0e-4], "... for students that start from teacher layers or "
                                                          "pretrained", lr_list)
     lr_tune_seeds: int = param(2, "each arm's rate is chosen on its mean validation score over this many first "
@@ -273,7 +280,7 @@ class StudentParams(TrainingParams, BootstrapParams):
                                  lambda v: None if isinstance(v, list) and all(_is_num(x) and x > 0 for x in v)
                                  else "must be a list of positive multiples of the labelled training set ([] skips "
                                       "the curve)")
-    transfer_curve_seeds: list = param([0, 1], "seeds of the transfer curve", seed_list)
+    transfer_curve_seeds: list = param([0], "seeds of the transfer curve", seed_list)
     alpha: float = param(0.5, "weight of the distillation term",
                          lambda v: None if _is_num(v) and 0 <= v <= 1 else f"must be within [0, 1], got {v!r}")
     temperature: float = param(4.0, "softmax temperature T", positive_number)

@@ -16,6 +16,9 @@ TFIDF_C_GRID = (0.1, 1.0, 10.0, 100.0)
 # knows every cue and the issue area), and the same rule on the cues inside the first max_len tokens (what the text a
 # model reads can support; cues truncated away cannot count).
 BAYES_ORACLE = "Bayes (oracle on generator inputs)"
+# The data card's baselines (`baselines` keys) as every table names them.
+BASELINE_LABELS = {"majority": "majority class", "tfidf_logreg": "TF-IDF + logistic regression",
+                   "tfidf_logreg_read": "TF-IDF + logistic regression, first max_len tokens"}
 VISIBLE_RULE = "rule on the cues within max_len"
 
 
@@ -34,11 +37,12 @@ def _n_classes(splits: dict[str, pd.DataFrame]) -> int:
     return max(2, int(max(splits[s]["label"].max() for s in SPLITS)) + 1)
 
 
-def _tfidf_logreg(splits: dict[str, pd.DataFrame]) -> tuple[dict, float]:
-    """TF-IDF word 1-2 grams + logistic regression: C picked on val accuracy; metrics on val and test."""
+def _tfidf_logreg(splits: dict[str, pd.DataFrame], column: str = "text") -> tuple[dict, float]:
+    """TF-IDF word 1-2 grams + logistic regression on `column` (the full text, or `text_read`: what the models read):
+    C picked on val accuracy; metrics on val and test."""
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    x_train = vec.fit_transform(splits["train"]["text"])
-    xs = {s: vec.transform(splits[s]["text"]) for s in ("val", "test")}
+    x_train = vec.fit_transform(splits["train"][column])
+    xs = {s: vec.transform(splits[s][column]) for s in ("val", "test")}
     ys = {s: splits[s]["label"].to_numpy(int) for s in SPLITS}
     best = None
     for c in TFIDF_C_GRID:

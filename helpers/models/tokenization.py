@@ -41,3 +41,14 @@ def tokenize(texts: Sequence[str], max_len: int, **options: Any) -> BatchEncodin
     usual entry point (ragged lists, padded per batch by training.collate).
     """
     return get_tokenizer()(list(texts), truncation=True, max_length=max_len, **options)
+
+
+def text_read(texts: Sequence[str], max_len: int) -> list[str]:
+    """The part of each text a model reads: the characters its first `max_len` tokens cover ([CLS] and [SEP]
+    included in the count, as `tokenize` truncates)."""
+    enc = tokenize(texts, max_len, return_offsets_mapping=True)
+    out = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        end = max((b for a, b in offsets if b > a), default=0)
+        out.append(text[:end])
+    return out

@@ -48,7 +48,7 @@ def _gain(run_dir: Path) -> pd.DataFrame:
         raise ConfigError(f"{path} not found: finish the run's student stage first (python -m helpers run "
                           f"--run-dir {run_dir} --until 03)")
     gain = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    gain["did_not_learn"] = gain["did_not_learn"].fillna("")
+    gain["did_not_learn"] = gain["did_not_learn"].astype(object).fillna("")
     return gain
 
 

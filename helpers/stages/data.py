@@ -12,6 +12,7 @@ import pandas as pd
 
 from helpers.core.constants import SPLITS
 from helpers.core.params import DataParams
+from helpers.data.augment import augmented_pool
 from helpers.data.baselines import (
     _cue_within_share,
     _majority,
@@ -34,7 +35,7 @@ from helpers.data.schema import (
 )
 from helpers.data.splits import _assign_classes, _check_class_sizes, _sizes_as_fractions, stratified_group_split
 from helpers.data.store import _swap_into_place, write_classes, write_vocabulary
-from helpers.models.tokenization import get_tokenizer
+from helpers.models.tokenization import get_tokenizer, text_read
 from helpers.synthetic.generator import generate_cases, generate_justice_csv, rationales_path
 
 
@@ -72,8 +73,9 @@ def prepare(p: DataParams) -> dict:
     try:
         if p.data_path == "":
             path = staging / "raw.csv"
-            generate_justice_csv(path, p.synthetic_n, p.synthetic_seed, task=p.task)
-            source = f"synthetic(n={p.synthetic_n}, seed={p.synthetic_seed})"
+            generate_justice_csv(path, p.synthetic_n, p.synthetic_seed, task=p.task, style=p.synthetic_style)
+            style = "" if p.synthetic_style == "short" else f", style={p.synthetic_style}"
+            source = f"synthetic(n={p.synthetic_n}, seed={p.synthetic_seed}{style})"
         else:
             path = Path(p.data_path).expanduser().resolve()
             source = str(path)
@@ -92,6 +94,9 @@ def prepare(p: DataParams) -> dict:
         splits = {s: cases.loc[cases["split"] == s, SPLIT_COLUMNS].reset_index(drop=True) for s in SPLITS}
 
         tfidf, tfidf_c = _tfidf_logreg(splits)
+        # the same baseline on the text the models read (the first max_len tokens): what truncation costs
+        read = {s: splits[s].assign(text_read=text_read(list(splits[s]["text"]), p.max_len)) for s in SPLITS}
+        tfidf_read, _ = _tfidf_logreg(read, "text_read")
         major = _majority_label(splits["train"])
         card: dict = {
             "source": source, **counts,
@@ -107,7 +112,7 @@ def prepare(p: DataParams) -> dict:
             "truncated_share": {s: float((splits[s]["n_tokens"] > p.max_len).mean()) for s in SPLITS},
             "split_seed": p.split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": p.val_n,
             "test_n": p.test_n,
-            "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf},
+            "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf, "tfidf_logreg_read": tfidf_read},
             "tfidf_logreg_C": tfidf_c,
         }
         side = _load_side_rationales(path) if not multi else None  # the rationales explain the outcome only
@@ -125,19 +130,28 @@ def prepare(p: DataParams) -> dict:
                              for s in SPLITS}
             card["cue_within_max_len_share"] = _cue_within_share(inside)
         transfer, truth = None, None
-        if p.transfer_path or (p.data_path == "" and p.synthetic_transfer_n > 0):
-            if p.transfer_path:
+        if p.transfer_path or p.transfer_augment or (p.data_path == "" and p.synthetic_transfer_n > 0):
+            if not p.transfer_path and p.transfer_augment:  # from the training split alone, no labels kept
+                transfer, t_counts = augmented_pool(splits, p.transfer_augment, p.max_len, p.split_seed)
+                t_counts["n_transfer_raw"] = p.transfer_augment
+                card["transfer_source"] = (f"augmented from the training split (n={p.transfer_augment}: "
+                                           f"{t_counts['transfer_augment_windows']} windows past the first "
+                                           f"{p.max_len} tokens, {t_counts['transfer_augment_recombinations']} "
+                                           f"recombinations)")
+            elif p.transfer_path:
                 t_path = Path(p.transfer_path).expanduser().resolve()
                 t_raw = read_justice_csv(t_path, REQUIRED_COLUMNS[0] if multi else label_col)  # labels ignored
                 card["transfer_source"] = str(t_path)
             else:
                 t_path = staging / "transfer_raw.csv"
-                t_raw, _ = generate_cases(p.synthetic_transfer_n, p.synthetic_seed + 1, task=p.task)
+                t_raw, _ = generate_cases(p.synthetic_transfer_n, p.synthetic_seed + 1, task=p.task,
+                                          style=p.synthetic_style)
                 t_raw = t_raw.astype(str)
                 card["transfer_source"] = f"synthetic(n={p.synthetic_transfer_n}, seed={p.synthetic_seed + 1})"
-            transfer, t_counts = _build_transfer(t_raw, t_path, p.text_template, set(groups),
-                                                 label_col if multi else None)
-            if not p.transfer_path:  # the generator's labels, kept for analysis only, never read by a model
+            if p.transfer_path or not p.transfer_augment:
+                transfer, t_counts = _build_transfer(t_raw, t_path, p.text_template, set(groups),
+                                                     label_col if multi else None)
+            if not p.transfer_path and not p.transfer_augment:  # the generator's labels, for analysis only
                 labels_by_id = dict(zip("T" + t_raw["ID"].astype(str).str.strip(), t_raw[label_col]))
                 truth = pd.DataFrame({"id": transfer["id"], "label": transfer["id"].map(labels_by_id)})
                 if multi:  # class ids as in data/classes.json (merged classes -> Other; dropped ones left out)

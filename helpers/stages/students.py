@@ -153,47 +153,52 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
 
 
 def _run_jobs(jobs: list[Job], pool, label: str, on_done: Callable[[dict[str, Any]], list[Job]] | None = None,
-              later: int = 0) -> list[dict[str, Any]]:
-    """Run `jobs` (in the pool when given), printing one line per finished run with progress and time left.
+              later: int = 0, slots: int = 1) -> list[dict[str, Any]]:
+    """Run `jobs` (in the pool when given, at most `slots` at a time), printing one line per finished run with
+    progress and time left.
 
     `on_done`, called in this process with each run's result as it finishes, returns the jobs that result unlocks
     (the next learning rate past a grid's edge, an arm's remaining seeds once its rate is chosen, a chain link once
-    the previous link's model exists); they join the queue while other jobs keep the workers busy. `later` is the
-    number of jobs expected to be unlocked, for the progress line.
+    the previous link's model exists). Unlocked jobs go to the front of the queue: they lie on the path to the
+    stage's end (a chain link waits for them), while the first trials keep the workers busy meanwhile. Every run is
+    seeded, so the order changes when a result arrives, never what it is. `later` is the number of jobs expected to
+    be unlocked, for the progress line.
     """
     out, start, expected = [], time.perf_counter(), len(jobs) + later
     done: queue.Queue = queue.Queue()
-    backlog: deque[Job] = deque()
-    pending, submitted = 0, 0
+    backlog: deque[Job] = deque(jobs)
+    running = 0
 
-    def submit(job: Job) -> None:
-        nonlocal pending, submitted
-        pending += 1
-        submitted += 1
+    def dispatch() -> None:
+        nonlocal running
+        while pool is not None and backlog and running < max(slots, 1):
+            pool.apply_async(run_job, (backlog.popleft(),), callback=done.put, error_callback=done.put)
+            running += 1
+
+    dispatch()
+    while backlog or running:
         if pool is None:
-            backlog.append(job)
+            res = run_job(backlog.popleft())
         else:
-            pool.apply_async(run_job, (job,), callback=done.put, error_callback=done.put)
-
-    for job in jobs:
-        submit(job)
-    while pending:
-        res = run_job(backlog.popleft()) if pool is None else done.get()
-        pending -= 1
+            res = done.get()
+            running -= 1
         if isinstance(res, BaseException):
             raise res
         out.append(res)
-        k, total = len(out), max(expected, submitted)
+        k, total = len(out), max(expected, len(out) + len(backlog) + running)
         r, elapsed = res["row"], time.perf_counter() - start
         left = elapsed / k * (total - k)
-        lr = f"  lr {r['lr']:g}" + ("" if res["job"].final else " (trial)")
+        job = res["job"]
+        kind = "" if job.final else " (trial)" if job.transfer_n is None else f" (curve point, {job.transfer_n} cases)"
+        lr = f"  lr {r['lr']:g}{kind}"
         print(f"[{label} {k}/{total}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
               f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
               f"{' (early stop)' if r['stopped_early'] else ''}  "
               f"{r['train_examples'] / max(r['train_seconds'], 1e-9):.0f} ex/s  ({r['seconds']:.0f} s)"
               f"{'  DID NOT LEARN: ' + r['did_not_learn'] if r['did_not_learn'] else ''}", flush=True)
-        for job in on_done(res) if on_done is not None else []:
-            submit(job)
+        unlocked = on_done(res) if on_done is not None else []
+        backlog.extendleft(reversed(unlocked))
+        dispatch()
     return out
 
 
@@ -394,7 +399,7 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
         jobs = [j for n in p.students for arm in arms if arm != CHAIN_ARM
                 and (arm not in TRANSFER_ARMS or n in transfer_students) for j in start_search(n, arm)]
         later = sum(len(p.seeds) - len(tune_seeds) for _ in searches) + (len(links) - 1) * len(p.seeds)
-        done = _run_jobs(jobs, pool, "runs", on_done=on_done, later=later)
+        done = _run_jobs(jobs, pool, "runs", on_done=on_done, later=later, slots=workers)
         finals = [r for r in done if r["job"].final] + list(promoted.values())
         curve_runs = [r for r in done if not r["job"].final and r["job"].transfer_n is not None]
     finally:
@@ -527,7 +532,7 @@ def transfer_curve(run_dir: str | Path, *, student: str, multiples: list[float],
         pool_ = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
                                              initargs=(str(run_dir), settings, threads_each(threads, workers)))
     try:
-        results = _run_jobs(jobs, pool_, "transfer curve")
+        results = _run_jobs(jobs, pool_, "transfer curve", slots=workers)
     finally:
         if pool_ is not None:
             pool_.close()

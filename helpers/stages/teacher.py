@@ -49,7 +49,7 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
     bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
     cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
-                      eval_every=job["eval_every"], patience=0, selection_metric=job["selection_metric"],
+                      eval_every=job["eval_every"], patience=job["patience"], selection_metric=job["selection_metric"],
                       class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
                       progress=bar)
     result = train(model, CaseDataset(encoded["train"], labels["train"]),
@@ -64,7 +64,7 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     return {"role": job["role"], "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir,
                                                       result.model),
             "history": history, "seconds": time.perf_counter() - start, "examples": result.train_examples,
-            "train_seconds": result.train_seconds, "best_step": result.best_step,
+            "train_seconds": result.train_seconds, "best_step": result.best_step, "steps": result.steps,
             "val_logits": result.val_logits.astype(np.float32)}
 
 
@@ -128,6 +128,7 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
     jobs = [{"run_dir": str(run_dir), "role": role, "seed": seed, "folder": folder, "teacher": p.teacher,
              "model_overrides": p.model_overrides or {}, "max_len": p.max_len, "batch_size": p.batch_size,
              "max_steps": p.teacher_epochs * per_epoch, "eval_every": per_epoch, "lr": p.teacher_lr,
+             "patience": p.teacher_patience,
              "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "device": device,
              "precision": precision, "progress": progress,
              "keep_ids": data_mod.load_vocabulary(run_dir) if p.trim_vocab else None}
@@ -167,7 +168,9 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
     for role, d in results.items():
         print(f"{role} ({p.teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
               f"examples, {d['examples'] / d['train_seconds']:.0f}/s in training steps, {precision}), best epoch "
-              f"{d['best_step'] // per_epoch} of {p.teacher_epochs} (chosen on validation {p.selection_metric})",
+              f"{d['best_step'] // per_epoch} of {-(-d['steps'] // per_epoch)}"
+              f"{f' (stopped early; at most {p.teacher_epochs})' if d['steps'] < p.teacher_epochs * per_epoch else ''}"
+              f" (chosen on validation {p.selection_metric})",
               flush=True)
     logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, p.max_len, device, precision,
                                                  computed=results["teacher"]["logits"])

@@ -35,6 +35,15 @@ vocabulary, each drawn from its own area with probability OWN_AREA_TERMS and oth
 (RELATED_AREAS), and with probability BORROWED_OPENING the opening background sentence itself comes from a related
 area. These draws use a separate random stream, so the outcome task's output (the default) is unchanged.
 
+Style `justice` (`synthetic_style: justice`, the justice profile's synthetic fallback) imitates the shape of the real
+JUSTICE file instead of the short default cases: the issue areas in the real file's shares (JUSTICE_AREAS; the two
+smallest areas fall under a `min_class_count` of 40 at the real file's size, as Attorneys and three others do
+there), facts about twice as long (JUSTICE_WORDS: model input of 165 / 213 / 282 WordPiece tokens at the quartiles,
+90th percentile 359, 99th 553, measured on 2,999 cases; the real file: 159 / 213 / 275, 346, 503), and area
+vocabulary spread through the whole facts, one sentence per JUSTICE_WORDS_PER_TERM words on average, so that a
+model reading only the first 128 tokens sees part of the topic signal that a bag-of-words model of the full text
+sees, as on the real file.
+
 Measured through `helpers.data.prepare` at the default profile's n=1000, seed=7, split_seed=42, max_len=64:
 598/199/199 cases, majority rate 0.605, Bayes accuracy 0.860 / 0.884 / 0.874 (train/val/test), TF-IDF + logistic
 regression 0.784 / 0.754 (val/test), median 94 words (p95 174), 97% of cases longer than 64 WordPiece tokens
@@ -64,6 +73,14 @@ COLUMNS = [
     "majority_vote", "minority_vote", "first_party_winner", "decision_type", "disposition", "issue_area",
 ]
 
+JUSTICE_AREAS = {  # the real JUSTICE file's issue-area shares (2,866 labelled cases; Other's four areas as two)
+    "Criminal Procedure": 0.279, "Civil Rights": 0.179, "Economic Activity": 0.164, "First Amendment": 0.117,
+    "Judicial Power": 0.103, "Due Process": 0.040, "Federalism": 0.040, "Privacy": 0.023, "Unions": 0.019,
+    "Federal Taxation": 0.017, "Attorneys": 0.013, "Interstate Relations": 0.006,
+}
+JUSTICE_WORDS = (150, 0.41, 40, 640)  # facts in words: lognormal median, sigma, clipped to [min, max]
+JUSTICE_WORDS_PER_TERM = 55  # justice style: one area-vocabulary sentence per this many words, on average
+STYLES = ("short", "justice")
 AREAS = {  # issue area -> sampling weight
     "Criminal Procedure": 0.26, "Civil Rights": 0.14, "Economic Activity": 0.14, "First Amendment": 0.08,
     "Judicial Power": 0.09, "Federalism": 0.05, "Due Process": 0.07, "Privacy": 0.03, "Unions": 0.05,
@@ -386,9 +403,11 @@ def _related(area_rng: random.Random, area: str) -> str:
     return area_rng.choice(RELATED_AREAS[area])
 
 
-def _with_area_signal(area_rng: random.Random, case: _Case, year: int, sentences: list[str]) -> list[str]:
+def _with_area_signal(area_rng: random.Random, case: _Case, year: int, sentences: list[str],
+                      per_words: int = 0) -> list[str]:
     """The issue-area task's sentences: area vocabulary (own or related areas) and, sometimes, a borrowed opening
-    (every draw from `area_rng`, the issue-area stream)."""
+    (every draw from `area_rng`, the issue-area stream). `per_words` > 0 (justice style): a Poisson number of
+    vocabulary sentences, one per `per_words` words on average, placed anywhere in the facts."""
     out = list(sentences)
     if area_rng.random() < BORROWED_OPENING:
         opening = _fill(area_rng, area_rng.choice(AREA_BACKGROUND[_related(area_rng, case.area)]), case, year)
@@ -396,7 +415,11 @@ def _with_area_signal(area_rng: random.Random, case: _Case, year: int, sentences
             if any(_matches(sent, t) for t in AREA_BACKGROUND[case.area]):
                 out[i] = _cap(opening)
                 break
-    k = area_rng.choices(list(AREA_TERMS_PER_CASE), weights=list(AREA_TERMS_PER_CASE.values()))[0]
+    if per_words:
+        words = sum(len(x.split()) for x in out)
+        k = int(np.random.default_rng(area_rng.getrandbits(32)).poisson(words / per_words))
+    else:
+        k = area_rng.choices(list(AREA_TERMS_PER_CASE), weights=list(AREA_TERMS_PER_CASE.values()))[0]
     for _ in range(k):
         source = case.area if area_rng.random() < OWN_AREA_TERMS else _related(area_rng, case.area)
         sent = area_rng.choice(AREA_LEADS).format(term=area_rng.choice(AREA_TERMS[source]))
@@ -501,8 +524,9 @@ def _cap(sentence: str) -> str:
     return sentence[0].upper() + sentence[1:]
 
 
-def _facts(rng: random.Random, case: _Case, year: int, target_words: int) -> list[str]:
-    """Sentences of the facts: background, cues early, filler, procedural history."""
+def _facts(rng: random.Random, case: _Case, year: int, target_words: int, reuse_filler: bool = False) -> list[str]:
+    """Sentences of the facts: background, cues early, filler, procedural history (`reuse_filler`: the filler
+    sentences may recur, for facts longer than the filler pool)."""
     opening = _fill(rng, rng.choice(AREA_BACKGROUND[case.area]), case, year)
     cue_sents = [rng.choice(CUE_LEADS).format(cue=phrase) for _, phrase in case.cues]
     procedure = [_fill(rng, rng.choice(PROCEDURE_FIRST), case, year)]
@@ -512,11 +536,15 @@ def _facts(rng: random.Random, case: _Case, year: int, target_words: int) -> lis
     used = sum(len(s.split()) for s in [opening, *cue_sents, *procedure])
     fillers: list[str] = []
     pool = rng.sample(FILLER, len(FILLER))
-    while pool and used < target_words:
+    added = True  # a refilled pool is only drawn from again if the last pass over it fitted a sentence
+    while (pool or (reuse_filler and added)) and used < target_words:
+        if not pool:
+            pool, added = rng.sample(FILLER, len(FILLER)), False
         sent = _fill(rng, pool.pop(), case, year)
         if used + len(sent.split()) <= target_words + 6:
             fillers.append(sent)
             used += len(sent.split())
+            added = True
     # Most cues follow the opening sentence directly, so the default profile's 64 tokens usually reach them.
     n_early = 1 if rng.random() < EARLY_FILLER_RATE else 0
     early = [opening] + fillers[:n_early]
@@ -539,8 +567,8 @@ def _html(rng: random.Random, sentences: list[str]) -> str:
     return "\n".join(f"<p>{p}</p>" for p in paras)
 
 
-def _draw_case(rng: random.Random) -> _Case:
-    area = rng.choices(list(AREAS), weights=list(AREAS.values()))[0]
+def _draw_case(rng: random.Random, areas: dict[str, float] = AREAS) -> _Case:
+    area = rng.choices(list(areas), weights=list(areas.values()))[0]
     first, second = _parties(rng, area)
     k = rng.choices(list(N_CUES), weights=list(N_CUES.values()))[0]
     weights = dict(FAMILY_WEIGHT)
@@ -563,12 +591,15 @@ def _draw_case(rng: random.Random) -> _Case:
                  [c for c in cues if c[0] in deciding_fams], rule_prob(area, families))
 
 
-def generate_cases(n: int, seed: int, task: str = "outcome") -> tuple[pd.DataFrame, list[dict]]:
+def generate_cases(n: int, seed: int, task: str = "outcome", style: str = "short") -> tuple[pd.DataFrame, list[dict]]:
     """n synthetic cases as a JUSTICE-schema frame and their rationale records, without touching disk.
 
     `task="issue_area"` adds the issue-area signal (overlapping area vocabulary) from a separate random stream;
-    `task="outcome"` (the default) writes exactly what it always wrote.
+    `task="outcome"` (the default) writes exactly what it always wrote. `style="justice"` imitates the real file's
+    lengths, class shares and spread-out topic vocabulary (module docstring); "short" is the default corpus.
     """
+    if style not in STYLES:
+        raise ValueError(f"parameter synthetic_style: unknown style {style!r} ({' | '.join(STYLES)})")
     if n < 1:
         raise ValueError(f"synthetic_n must be a positive number of cases, got {n}")
     if task not in ("outcome", "issue_area"):
@@ -576,14 +607,20 @@ def generate_cases(n: int, seed: int, task: str = "outcome") -> tuple[pd.DataFra
     area_rng = random.Random(seed * 1_000_003 + AREA_STREAM) if task == "issue_area" else None
     rng = random.Random(seed)
     nprng = np.random.Generator(np.random.PCG64(seed))
-    lengths = np.clip(nprng.lognormal(math.log(88), 0.42, size=n), 30, 220).astype(int)
+    if style == "justice":
+        median, sigma, low, high = JUSTICE_WORDS
+        lengths = np.clip(nprng.lognormal(math.log(median), sigma, size=n), low, high).astype(int)
+    else:
+        lengths = np.clip(nprng.lognormal(math.log(88), 0.42, size=n), 30, 220).astype(int)
+    justice = style == "justice"
     rows, rationales = [], []
     for i in range(n):
-        case = _draw_case(rng)
+        case = _draw_case(rng, JUSTICE_AREAS if justice else AREAS)
         year = rng.randint(1955, 2021)
-        sentences = _facts(rng, case, year, int(lengths[i]))
+        sentences = _facts(rng, case, year, int(lengths[i]), reuse_filler=justice)
         if area_rng is not None:
-            sentences = _with_area_signal(area_rng, case, year, sentences)
+            sentences = _with_area_signal(area_rng, case, year, sentences,
+                                          per_words=JUSTICE_WORDS_PER_TERM if justice else 0)
         facts = _html(rng, sentences)
         win = bool(nprng.random() < case.prob)
         label = "" if nprng.random() < BLANK_LABEL_RATE else ("TRUE" if win else "FALSE")
@@ -615,9 +652,10 @@ def rationales_path(csv_path: str | Path) -> Path:
     return p.with_name(f"{p.stem}_rationales.jsonl")
 
 
-def generate_justice_csv(path: str | Path, n: int, seed: int, task: str = "outcome") -> pd.DataFrame:
+def generate_justice_csv(path: str | Path, n: int, seed: int, task: str = "outcome", style: str = "short"
+                         ) -> pd.DataFrame:
     """Write n synthetic cases to a JUSTICE-schema csv at path plus its rationale side file; return the frame."""
-    df, rationales = generate_cases(n, seed, task)
+    df, rationales = generate_cases(n, seed, task, style)
     path = Path(path)
     df.to_csv(path, index=True, lineterminator="\n", encoding="utf-8")
     with open(rationales_path(path), "w", encoding="utf-8", newline="\n") as fh:

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from helpers.core.constants import SPLITS
 from helpers.core.run_folder import save_figure as _save
-from helpers.data.baselines import BAYES_ORACLE, VISIBLE_RULE
+from helpers.data.baselines import BASELINE_LABELS, BAYES_ORACLE, VISIBLE_RULE
 from helpers.data.rationales import load_rationales
 from helpers.data.schema import OUTCOME
 from helpers.data.store import load_classes
@@ -134,7 +134,8 @@ def example_cases(splits: dict[str, pd.DataFrame], n: int = 3, run_dir: str | Pa
 def baselines_table(card: dict) -> pd.DataFrame:
     """The card's baselines (and, when known, the rule's oracle Bayes accuracy and its accuracy on the cues inside
     max_len) as one row per model and split."""
-    rows = [{"model": m, "split": s, **card["baselines"][m][s]} for m in card["baselines"] for s in ("val", "test")]
+    rows = [{"model": BASELINE_LABELS.get(m, m), "split": s, **card["baselines"][m][s]} for m in card["baselines"]
+            for s in ("val", "test")]
     for key, name in (("bayes_accuracy", BAYES_ORACLE), ("visible_rule_accuracy", VISIBLE_RULE)):
         if key in card:
             rows += [{"model": name, "split": s, "accuracy": card[key][s]} for s in ("val", "test")]

@@ -76,9 +76,9 @@ def baselines_frame(run_dir: str | Path) -> pd.DataFrame:
     card = data_store.load_data_card(run_dir)
     ts = teacher_summary(run_dir)
     b = card["baselines"]
-    rows = [{"model": "majority class", **b["majority"]["test"]},
-            {"model": "TF-IDF + logistic regression", **b["tfidf_logreg"]["test"]},
-            {"model": f"teacher (seed {ts['teacher']['seed']})", "accuracy": ts["test"]["accuracy"],
+    rows = [{"model": data_baselines.BASELINE_LABELS[key], **b[key]["test"]}
+            for key in data_baselines.BASELINE_LABELS if key in b]  # (runs before tfidf_logreg_read lack it)
+    rows += [{"model": f"teacher (seed {ts['teacher']['seed']})", "accuracy": ts["test"]["accuracy"],
              "macro_f1": ts["test"]["macro_f1"], "roc_auc": ts["test"]["roc_auc"]},
             {"model": f"teacher (seed {ts['ceiling']['seed']})", **{k: ts["ceiling_test"][k] for k in
                                                                      ("accuracy", "macro_f1", "roc_auc")}}]
@@ -424,7 +424,7 @@ def results_table(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     rows = [{"model": label, "mode": "baseline", **{c: _fmt3(baselines[key][split][src]) for c, src in
                                                      (("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
                                                       ("roc_auc", "roc_auc"))}}
-            for key, label in (("majority", "majority class"), ("tfidf_logreg", "TF-IDF + logistic regression"))]
+            for key, label in data_baselines.BASELINE_LABELS.items() if key in baselines]
     table = pd.concat([pd.DataFrame(rows), out], ignore_index=True)
     table["seeds"] = table["seeds"].astype("Int64").astype(str).replace("<NA>", "")
     table["params_m"] = table["params_m"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
