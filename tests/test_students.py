@@ -161,3 +161,20 @@ def test_link_logits_are_computed_once(tiny_run, monkeypatch):
     assert first.parent == tiny_run / "models" / "chain_logits"
     logits = teacher_logits.read_cached_logits(first)
     assert set(logits) == {"train"} and logits["train"].shape == (len(shared.labels["train"]), 2)
+
+
+def test_the_teacher_stops_after_teacher_patience_epochs_without_improvement(tmp_path):
+    """A teacher that cannot improve (learning rate ~0) stops after `teacher_patience` flat epochs, never running its
+    whole `teacher_epochs` budget; with patience 0 it runs them all."""
+    import json
+
+    run_dir = tmp_path / "run"
+    stages_data.prepare(data_params(run_dir, synthetic_n=200, synthetic_seed=5, max_len=MAX_LEN))
+    common = dict(teacher="Smoke_Teacher_2x64", teacher_epochs=8, teacher_lr=1e-12, teacher_seed=0, ceiling_seed=1,
+                  batch_size=16, max_len=MAX_LEN, precision="fp32")
+    run_teacher_stage(teacher_params(run_dir, teacher_patience=1, **common), progress=False)
+    history = pd.read_csv(run_dir / "models" / "teacher" / "history.csv")
+    assert 1 < len(history) < 8  # stopped early: one epoch without improvement after the first
+    run_teacher_stage(teacher_params(run_dir, teacher_patience=0, **common), progress=False)
+    assert len(pd.read_csv(run_dir / "models" / "teacher" / "history.csv")) == 8
+    assert json.loads((run_dir / "models" / "teacher_metrics.json").read_text())["test"]["accuracy"] >= 0

@@ -35,14 +35,14 @@ vocabulary, each drawn from its own area with probability OWN_AREA_TERMS and oth
 (RELATED_AREAS), and with probability BORROWED_OPENING the opening background sentence itself comes from a related
 area. These draws use a separate random stream, so the outcome task's output (the default) is unchanged.
 
-Style `justice` (`synthetic_style: justice`, the justice profile's synthetic fallback) imitates the shape of the real
-JUSTICE file instead of the short default cases: the issue areas in the real file's shares (JUSTICE_AREAS; the two
-smallest areas fall under a `min_class_count` of 40 at the real file's size, as Attorneys and three others do
-there), facts about twice as long (JUSTICE_WORDS: model input of 165 / 213 / 282 WordPiece tokens at the quartiles,
-90th percentile 359, 99th 553, measured on 2,999 cases; the real file: 159 / 213 / 275, 346, 503), and area
-vocabulary spread through the whole facts, one sentence per JUSTICE_WORDS_PER_TERM words on average, so that a
-model reading only the first 128 tokens sees part of the topic signal that a bag-of-words model of the full text
-sees, as on the real file.
+Style `justice` (`synthetic_style: justice`, the justice profile's synthetic fallback) imitates the shape of the
+real JUSTICE file instead of the short default cases: the issue areas in the real file's shares (JUSTICE_AREAS; at
+the real file's size the smallest, Interstate Relations, falls under a `min_class_count` of 40 and is merged into
+Other, and Attorneys sits just above it, where the real file merges four small areas), facts about twice as long
+(JUSTICE_WORDS: model input of 165 / 213 / 282 WordPiece tokens at the quartiles, 90th percentile 359, 99th 553,
+measured on 2,999 cases; the real file: 159 / 213 / 275, 346, 503), and area vocabulary spread through the whole
+facts, one sentence per JUSTICE_WORDS_PER_TERM words on average, so that a model reading only the first 128 tokens
+sees part of the topic signal that a bag-of-words model of the full text sees, as on the real file.
 
 Measured through `helpers.data.prepare` at the default profile's n=1000, seed=7, split_seed=42, max_len=64:
 598/199/199 cases, majority rate 0.605, Bayes accuracy 0.860 / 0.884 / 0.874 (train/val/test), TF-IDF + logistic

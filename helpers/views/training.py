@@ -376,16 +376,22 @@ CONVERGED_SHARE = 0.9  # every arm: at least this share of runs chose a step bef
 
 
 def convergence_text(run_dir: str | Path, target: float = CONVERGED_SHARE) -> str:
-    """Did the runs converge? Per arm (over every student), the share of runs whose chosen step came before their
-    last evaluation (a run still improving at its budget's end picks the last one), naming each arm below `target`."""
+    """Did the runs converge? Per arm (over every student), the share of runs that learned (more than one class on
+    validation) and chose a step before their last evaluation (a run still improving at its budget's end picks the
+    last one), naming each arm below `target` and counting the runs that never learned."""
     runs = pd.read_csv(Path(run_dir) / "models" / "student_runs.csv", keep_default_na=False)
-    before = (runs["best_step"] < runs["steps"]).groupby(runs["mode"], sort=False).agg(["sum", "count"])
-    parts = [f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in before.iterrows()]
-    short = [arm for arm, r in before.iterrows() if r["sum"] < target * r["count"]]
+    learned = runs["did_not_learn"].astype(str) == ""
+    ok = ((runs["best_step"] < runs["steps"]) & learned).groupby(runs["mode"], sort=False).agg(["sum", "count"])
+    parts = [f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in ok.iterrows()]
+    short = [arm for arm, r in ok.iterrows() if r["sum"] < target * r["count"]]
     verdict = (f"every arm reaches {target:.0%}" if not short else
-               f"below {target:.0%}: {', '.join(short)} (still improving at the end of their budget: raise "
-               f"student_max_passes, or read their numbers as those of unconverged runs)")
-    return f"Runs whose chosen step came before their last evaluation, per arm: {'; '.join(parts)}; {verdict}."
+               f"below {target:.0%}: {', '.join(short)} (still improving at the end of their budget, or never "
+               f"learned: raise student_max_passes, or read their numbers as those of unconverged runs)")
+    stuck = runs[~learned]
+    note = ("" if stuck.empty else f" {len(stuck)} run(s) never learned (one class on validation): " + ", ".join(
+        f"{m} {a} seed {sd}" for m, a, sd in zip(stuck["model"], stuck["mode"], stuck["seed"])) + ".")
+    return (f"Runs that learned and chose a step before their last evaluation, per arm: {'; '.join(parts)}; "
+            f"{verdict}.{note}")
 
 
 def interval_widths(run_dir: str | Path, metric: str = "accuracy") -> pd.DataFrame:
