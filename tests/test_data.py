@@ -275,7 +275,8 @@ def test_figures_tables_and_examples(tmp_path):
     assert "truncated" in fig.axes[1].get_title()
     table = views_data.baselines_table(card)
     assert list(table.columns) == ["model", "split", "accuracy", "macro_f1", "roc_auc"]
-    assert set(table["model"]) == {"majority", "tfidf_logreg", data_baselines.BAYES_ORACLE, data_baselines.VISIBLE_RULE}
+    assert set(table["model"]) == {*data_baselines.BASELINE_LABELS.values(), data_baselines.BAYES_ORACLE,
+                                   data_baselines.VISIBLE_RULE}
     examples = views_data.example_cases(splits, n=3, run_dir=run_dir)
     assert len(examples) == 3 and set(examples["label"]) == {0, 1} and "cues" in examples
     assert data_baselines.baselines(splits)["tfidf_logreg"]["val"] == {

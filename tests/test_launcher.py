@@ -88,8 +88,9 @@ def test_two_cpu_processes_give_the_files_and_results_of_one(runs, capsys):
     assert out.count("2 process(es), MULTI_CPU, backend gloo") == 4, out[-3000:]  # 2 teachers, 2 student runs
 
     # The same files, plus the job specs the launches read (and nothing left of their hand-back folders).
-    specs = ["launch/students/Smoke_Half_1x64/distilled/seed0.json",
-             "launch/students/Smoke_Half_1x64/independent/seed0.json", "launch/teacher.json",
+    # (a student's tuning seeds train as learning-rate trials, moved into place once their arm's rate is chosen)
+    specs = ["launch/students/.trials/Smoke_Half_1x64-distilled-seed0-lr0.002.json",
+             "launch/students/.trials/Smoke_Half_1x64-independent-seed0-lr0.002.json", "launch/teacher.json",
              "launch/teacher_ceiling.json"]
     assert _files(two) == sorted(_files(one) + specs)
     spec = json.loads((two / specs[0]).read_text())
