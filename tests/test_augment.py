@@ -24,8 +24,8 @@ def test_windows_start_past_the_part_a_model_reads_and_keep_the_parties():
     sentences = [f"Sentence number {i} tells the story of the lease at issue in some detail." for i in range(12)]
     train = pd.DataFrame({"id": ["c1"], "first_party": ["Alpha"], "second_party": ["Beta"],
                           "text": ["Alpha v. Beta. " + " ".join(sentences)]})
-    wins = augment.windows(train, 32)
     read = text_read(train["text"].tolist(), 32)[0]
+    wins = augment.windows(train, [read])
     assert len(wins) >= 2 and [w[0] for w in wins] == [f"Ac1-w{k}" for k in range(len(wins))]
     for _, text in wins:
         assert text.startswith("Alpha v. Beta. ")

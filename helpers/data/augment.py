@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from helpers.data.schema import _group_keys
-from helpers.models.tokenization import text_read
 
 NGRAM = 8
 NEAR_DUPLICATE_SHARE = 0.5  # a pool case sharing more of its word 8-grams than this with one held-out case is dropped
@@ -43,9 +42,9 @@ def _join(head: str, sentences: list[str]) -> str:
     return " ".join([head, *sentences]).strip() if head else " ".join(sentences).strip()
 
 
-def windows(train: pd.DataFrame, max_len: int) -> list[tuple[str, str]]:
-    """(id, text) of every window past the part a model reads, for every training case long enough to have one."""
-    read = text_read(list(train["text"]), max_len)
+def windows(train: pd.DataFrame, read: list[str]) -> list[tuple[str, str]]:
+    """(id, text) of every window past the part a model reads (`read`: text_read of each training text), for every
+    training case long enough to have one."""
     out = []
     for cid, text, fp, sp, seen in zip(train["id"], train["text"], train["first_party"], train["second_party"], read):
         head, body = _head_and_body(text, str(fp), str(sp))
@@ -64,10 +63,9 @@ def windows(train: pd.DataFrame, max_len: int) -> list[tuple[str, str]]:
     return out
 
 
-def recombinations(train: pd.DataFrame, max_len: int, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """(id, text) of n recombined cases: one case's parties line and opening half of what a model reads, then a
-    contiguous block of sentences from another training case."""
-    read = text_read(list(train["text"]), max_len)
+def recombinations(train: pd.DataFrame, read: list[str], n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(id, text) of n recombined cases: one case's parties line and opening half of what a model reads (`read`),
+    then a contiguous block of sentences from another training case."""
     parts = []
     for text, fp, sp, seen in zip(train["text"], train["first_party"], train["second_party"], read):
         head, body = _head_and_body(text, str(fp), str(sp))
@@ -117,15 +115,16 @@ def near_duplicates(texts: list[str], held_out: list[str], share: float = NEAR_D
     return out
 
 
-def augmented_pool(splits: dict[str, pd.DataFrame], n: int, max_len: int, seed: int) -> tuple[pd.DataFrame, dict]:
+def augmented_pool(splits: dict[str, pd.DataFrame], n: int, read: list[str], seed: int) -> tuple[pd.DataFrame, dict]:
     """Up to n transfer cases from the training split alone: windows past the read part (in a seeded order, at most
     half the pool), then recombinations for the rest; near-duplicates of held-out or labelled cases are dropped.
+    `read` is what a model reads of each training case (models.tokenization.text_read, computed once by the caller).
     Returns the pool (id, text, issue_area blank) and its counts."""
     rng = np.random.default_rng(seed)
     train = splits["train"]
-    wins = windows(train, max_len)
+    wins = windows(train, read)
     wins = [wins[i] for i in rng.permutation(len(wins))][: n // 2]
-    recs = recombinations(train, max_len, max(0, n - len(wins)), rng)
+    recs = recombinations(train, read, max(0, n - len(wins)), rng)
     pool = pd.DataFrame(wins + recs, columns=["id", "text"])
     labelled = set().union(*(set(_group_keys(splits[s]["text"])) for s in splits))
     groups = _group_keys(pool["text"])

@@ -189,6 +189,16 @@ def paired_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarr
             "p_value": p_value, "seed_sd": seed_sd, "n_seeds": n_seeds}
 
 
+def decided_sign(ci_low: float, ci_high: float, p_adjusted: float | None = None) -> int:
+    """+1 (helped) or -1 (hurt) when the comparison decides a sign, else 0: the unadjusted interval excludes zero
+    and, for a primary comparison (`p_adjusted` given and finite), the Holm-adjusted p is below 0.05."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return 0
+    if p_adjusted is not None and np.isfinite(p_adjusted) and p_adjusted >= 0.05:
+        return 0
+    return 1 if ci_low > 0 else -1 if ci_high < 0 else 0
+
+
 def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True, metric: str = "accuracy",
             teacher_name: str = "the teacher", p_adjusted: float | None = None, arm: str = "distillation",
             did_not_learn: str = "", secondary: bool = False) -> str:
@@ -206,14 +216,13 @@ def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True,
     span += f", Holm-adjusted p = {p_adjusted:.3g})" if p_adjusted is not None and np.isfinite(p_adjusted) else ")"
     if np.isnan(ci_low) or np.isnan(ci_high):
         return f"no evidence either way: {metric} {span}"
-    significant = p_adjusted is None or not np.isfinite(p_adjusted) or p_adjusted < 0.05
     if secondary:
-        words = f"{arm} helped" if ci_low > 0 else f"{arm} hurt" if ci_high < 0 else "no evidence of a difference"
+        sign = decided_sign(ci_low, ci_high)
+        words = f"{arm} helped" if sign > 0 else f"{arm} hurt" if sign < 0 else "no evidence of a difference"
         return f"secondary, unadjusted: {words}: {metric} {span}"
-    if ci_low > 0 and significant:
-        return f"{arm} helped: {metric} {span}"
-    if ci_high < 0 and significant:
-        return f"{arm} hurt: {metric} {span}"
+    sign = decided_sign(ci_low, ci_high, p_adjusted)
+    if sign:
+        return f"{arm} {'helped' if sign > 0 else 'hurt'}: {metric} {span}"
     if ci_low > 0 or ci_high < 0:
         return f"no evidence after adjusting for multiple comparisons: {metric} {span}"
     return f"no evidence of a difference: {metric} {span}"

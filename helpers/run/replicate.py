@@ -11,6 +11,7 @@ import pandas as pd
 from helpers.config.resolve import resolve
 from helpers.core.errors import ConfigError
 from helpers.core.run_folder import project_path, write_csv
+from helpers.evaluation.verdicts import decided_sign
 from helpers.run.runner import discover_stages, find_stage, run, seed_run_folder
 
 VERDICT_FILE = "replication.csv"
@@ -23,13 +24,13 @@ def disjoint_seeds(seeds: list[int]) -> list[int]:
 
 
 def decided(row: Any) -> int:
-    """+1 or -1 when the row's verdict decided a sign (the primary rows at Holm, the secondary ones unadjusted), 0
-    when it did not (or the row is not comparable)."""
-    if not bool(row.meaningful) or str(row.did_not_learn or "") or not np.isfinite(row.ci_low):
+    """+1 or -1 when a kd_gain row's verdict decided a sign (the primary rows at Holm, the secondary ones unadjusted),
+    0 when it did not (or the row is not comparable)."""
+    if not bool(row.meaningful) or str(row.did_not_learn or ""):
         return 0
-    if row.endpoint == "primary" and not (np.isfinite(row.p_adjusted) and row.p_adjusted < 0.05):
+    if row.endpoint == "primary" and not np.isfinite(row.p_adjusted):
         return 0
-    return 1 if row.ci_low > 0 else -1 if row.ci_high < 0 else 0
+    return decided_sign(row.ci_low, row.ci_high, row.p_adjusted if row.endpoint == "primary" else None)
 
 
 def outcome(a: int, b: int) -> str:

@@ -132,7 +132,8 @@ def prepare(p: DataParams) -> dict:
         transfer, truth = None, None
         if p.transfer_path or p.transfer_augment or (p.data_path == "" and p.synthetic_transfer_n > 0):
             if not p.transfer_path and p.transfer_augment:  # from the training split alone, no labels kept
-                transfer, t_counts = augmented_pool(splits, p.transfer_augment, p.max_len, p.split_seed)
+                transfer, t_counts = augmented_pool(splits, p.transfer_augment, list(read["train"]["text_read"]),
+                                                    p.split_seed)
                 t_counts["n_transfer_raw"] = p.transfer_augment
                 card["transfer_source"] = (f"augmented from the training split (n={p.transfer_augment}: "
                                            f"{t_counts['transfer_augment_windows']} windows past the first "
