@@ -10,6 +10,7 @@ bare loop is fp32, full vocabulary, AdamW, no autocast. Nothing else may run on 
     python scripts/bench_train.py [--steps 40] [--rounds 3] [--threads 2] [--precision auto] [--models ...]
     python scripts/bench_train.py --device cuda     # the GPU path: the same comparison on a CUDA GPU
     python scripts/bench_train.py --options         # embedding options and torch.compile vs the suite's step
+    python scripts/bench_train.py --arms            # each beyond-logit arm's step vs the distilled step
 """
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.config.profiles import defaults  # noqa: E402
+from helpers.core.constants import BEYOND_ARMS  # noqa: E402
 from helpers.models.build import build_model  # noqa: E402
 from helpers.models.specs import get_spec, vocabulary_ids  # noqa: E402
 from helpers.synthetic.generator import generate_cases  # noqa: E402
 from helpers.training.datasets import CaseDataset, batch_order, collate, encode
 from helpers.training.fast_dropout import cpu_dropout  # noqa: E402
+from helpers.training.internals import ONLINE_ARMS, plan_term, shape_of, teacher_internals  # noqa: E402
 from helpers.training.loop import TrainConfig, _optimizer, train
 from helpers.training.precision import autocast, resolve_precision
+from helpers.training.teacher_attributions import token_maps  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -121,16 +125,57 @@ def options(args: argparse.Namespace, data: CaseDataset, keep: list[int], teache
 
 
 def suite_loop(model: torch.nn.Module, data: CaseDataset, steps: int, lr: float, precision: str,
-               mode: str = "independent", device: str = "cpu") -> float:
+               mode: str = "independent", device: str = "cpu", **train_kw: Any) -> float:
     """Examples per second inside the suite's training steps (its own timer excludes evaluations)."""
     val = CaseDataset(data.encodings[:16], data.labels[:16])
     cfg = TrainConfig(max_steps=steps + 3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0,
                       precision=precision, device=device)
     warm = TrainConfig(max_steps=3, lr=lr, batch_size=16, seed=0, eval_every=10**9, patience=0, precision=precision,
                        device=device)
-    train(model, data, val, warm, mode=mode)  # warm-up (allocator, oneDNN kernels)
-    result = train(model, data, val, cfg, mode=mode)
+    train(model, data, val, warm, mode=mode, **train_kw)  # warm-up (allocator, oneDNN kernels)
+    result = train(model, data, val, cfg, mode=mode, **train_kw)
     return result.train_examples / result.train_seconds
+
+
+def arm_costs(args: argparse.Namespace, data: CaseDataset, keep: list[int] | None, teacher: torch.nn.Module,
+              precision: str) -> None:
+    """--arms: each beyond-logit arm's training step against the distilled step (interleaved rounds), the teacher's
+    per-batch forward those arms run (what caching its inside would save), and that cache's size."""
+    students = [m for m in args.models if get_spec(m).role != "teacher"]
+    t_layers, t_width, _ = shape_of(teacher)
+    per_case = 4 * args.max_len * t_width  # fp32 bytes of one [max_len, width] tensor
+    print(f"what the teacher's inside would take cached for {len(data)} cases x {args.max_len} tokens (fp32): every "
+          f"layer's hidden states {(t_layers + 1) * per_case * len(data) / 1e9:.2f} GB, every layer's Q, K, V "
+          f"{3 * t_layers * per_case * len(data) / 1e9:.2f} GB, the last layer's Q, K, V "
+          f"{3 * per_case * len(data) / 1e9:.2f} GB; the token maps {4 * args.max_len * len(data) / 1e6:.1f} MB")
+    batches = batch_order(len(data), 16, args.steps + 3, seed=0)
+    for name in students:
+        spec = get_spec(name)
+        student = build_model(spec, teacher=teacher, seed=0, keep_ids=keep)
+        width = min(shape_of(student)[1], t_width)
+        maps = token_maps(teacher, data.encodings, data.labels, args.max_len, [width])[f"k{width}"]
+        with_maps = CaseDataset(data.encodings, data.labels, data.teacher_logits, maps)
+        got: dict[str, list[float]] = {m: [] for m in ("distilled", *BEYOND_ARMS)}
+        forward: list[float] = []
+        for _ in range(args.rounds):
+            for mode in got:
+                kw = {"inner_teacher": teacher} if mode in ONLINE_ARMS else {}
+                got[mode].append(suite_loop(build_model(spec, teacher=teacher, seed=0, keep_ids=keep),
+                                            with_maps if mode == "distilled_attribution" else data, args.steps,
+                                            1e-3, precision, mode=mode, device=args.device, **kw))
+            term = plan_term("distilled_hidden", student, teacher, 0)
+            seconds = 0.0
+            for rows in batches[3:]:
+                batch = collate([data[int(j)] for j in rows])
+                t0 = time.perf_counter()
+                with autocast(precision, args.device):
+                    teacher_internals(teacher, term, batch["input_ids"], batch["attention_mask"])
+                seconds += time.perf_counter() - t0
+            forward.append(16 * (len(batches) - 3) / seconds)
+        med = {m: statistics.median(v) for m, v in got.items()}
+        line = "  ".join(f"{m} {med[m]:.0f} ex/s ({med['distilled'] / med[m]:.2f}x the step)" for m in BEYOND_ARMS)
+        print(f"{name:<20} distilled {med['distilled']:.0f} ex/s;  {line};  the teacher's forward alone "
+              f"{statistics.median(forward):.0f} ex/s", flush=True)
 
 
 def main() -> None:
@@ -144,6 +189,9 @@ def main() -> None:
     parser.add_argument("--no-trim", action="store_true", help="teacher and students keep the full vocabulary")
     parser.add_argument("--models", nargs="+", default=[p["teacher"], *p["students"]])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path)")
+    parser.add_argument("--arms", action="store_true",
+                        help="instead: each beyond-logit arm's step against the distilled step, and the teacher's "
+                             "forward they run per batch")
     parser.add_argument("--options", action="store_true",
                         help="instead: time the embedding options (full vocabulary, sparse gradients) and "
                              "torch.compile against the suite's step")
@@ -159,6 +207,12 @@ def main() -> None:
     data = CaseDataset(enc, labels, logits)
     keep = None if args.no_trim else vocabulary_ids(enc)
     teacher = build_model(get_spec(p["teacher"]), seed=0)
+    if args.arms:
+        print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len "
+              f"{args.max_len}, {precision}; {args.rounds} interleaved rounds of {args.steps} steps, median examples/s "
+              f"inside training steps; teacher {p['teacher']} (pretrained weights, its inside read per batch)")
+        arm_costs(args, data, keep, teacher, precision)
+        return
     if args.options:
         print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch 16, max_len "
               f"{args.max_len}, {precision}, vocabulary trimmed to {len(keep)} rows; {args.rounds} interleaved rounds "

@@ -166,14 +166,35 @@ def test_the_best_evaluation_is_restored_not_the_last():
     np.testing.assert_allclose(predict_logits(r.model, enc), r.val_logits, atol=1e-5)
 
 
+def learned_a_little(model, enc, labels):
+    """The model after 40 quick steps on the cases: it predicts both classes, so patience counts from the start."""
+    cfg = TrainConfig(max_steps=40, lr=5e-3, batch_size=8, seed=0, eval_every=40, patience=0)
+    return train(model, CaseDataset(enc, labels), CaseDataset(enc, labels), cfg).model.train()
+
+
 def test_early_stopping_stops_and_records_the_cost():
     enc, labels = _tiny_data()
-    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0)
-    cfg = TrainConfig(max_steps=200, lr=1e-6, batch_size=8, seed=0, eval_every=5, patience=2)
+    model = learned_a_little(build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0), enc, labels)
+    cfg = TrainConfig(max_steps=200, lr=0.0, batch_size=8, seed=0, eval_every=5, patience=2)
     r = train(model, CaseDataset(enc, labels), CaseDataset(enc, labels), cfg)
+    assert len(np.unique(r.val_logits.argmax(1))) == 2
     assert r.stopped_early and 50 <= r.steps < 200  # never before max_steps // 4
     assert r.train_examples == sum(len(b) for b in batch_order(len(enc), 8, r.steps, 0))
     assert r.train_seconds > 0 and len(r.batch_digest) == 16
+
+
+def test_patience_waits_until_a_run_predicts_more_than_one_class():
+    # constant logits (zeroed classifier, learning rate 0): the run predicts class 0 for every case at every
+    # evaluation; the old rule stopped it at step 10 (patience 2, max_steps // 4), the rule now runs it to its cap
+    enc, labels = _tiny_data()
+    model = build_model(REGISTRY["Smoke_Tiny_1x32"], seed=0)
+    with torch.no_grad():
+        for p in model.classifier.parameters():
+            p.zero_()
+    cfg = TrainConfig(max_steps=40, lr=0.0, batch_size=8, seed=0, eval_every=5, patience=2)
+    r = train(model, CaseDataset(enc, labels), CaseDataset(enc, labels), cfg)
+    assert (r.val_logits.argmax(1) == 0).all()
+    assert not r.stopped_early and r.steps == 40 and len(r.history) == 8
 
 
 def test_cached_and_online_teacher_train_identically():
@@ -196,7 +217,8 @@ def test_unknown_mode_and_misuse_are_rejected():
     with pytest.raises(ValueError, match="teacher logits"):
         train(build_model(REGISTRY["Smoke_Tiny_1x32"]), CaseDataset(enc, labels), CaseDataset(enc, labels), cfg,
               mode="distilled")
-    assert set(ARMS) == {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"}
+    assert set(ARMS) == {"independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain",
+                         "distilled_hidden", "distilled_attention", "distilled_attribution"}
 
 
 def test_predict_logits_batches_by_length_but_returns_input_order():

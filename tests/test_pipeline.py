@@ -22,20 +22,22 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
         [pd.read_csv(r / "data" / f"{s}.csv") for s in ("train", "val", "test")]))
     index = json.loads((r / "models" / "models.json").read_text())
     students = index["students"]
-    # both smoke students in 4 arms, 2 seeds; the chain: Half (the larger) is its first link (its distilled runs),
-    # so only Tiny gets chain runs
-    assert len(students) == (4 + 4) * 2 + 2
+    # both smoke students in 7 arms (4 logit arms, 3 beyond-logit arms), 2 seeds; the chain: Half (the larger) is
+    # its first link (its distilled runs), so only Tiny gets chain runs
+    assert len(students) == (7 + 7) * 2 + 2
     for e in [index["teacher"], index["teacher_ceiling"], *students]:
         assert (r / e["path"] / "model.safetensors").is_file()
         assert not list((r / e["path"]).glob("*.bin")) and not list((r / e["path"]).glob("*.pt"))
     assert len(list((r / "models" / "teacher_logits").glob("*.safetensors"))) == 1
     metrics = pd.read_csv(r / "models" / "metrics.csv")
     assert set(metrics["mode"]) == {"teacher", "ceiling", "independent", "distilled", "distilled_transfer",
-                                    "pseudo_label_transfer", "chain"}
+                                    "pseudo_label_transfer", "chain", "distilled_hidden", "distilled_attention",
+                                    "distilled_attribution"}
     gain = pd.read_csv(r / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
     assert set(gain["model"]) == {"Smoke_Half_1x64", "Smoke_Tiny_1x32"}
-    assert set(gain.loc[gain["model"] == "Smoke_Tiny_1x32", "arm"]) == {"distilled", "distilled_transfer",
-                                                                        "pseudo_label_transfer", "chain"}
+    assert set(gain.loc[gain["model"] == "Smoke_Tiny_1x32", "arm"]) == {
+        "distilled", "distilled_transfer", "pseudo_label_transfer", "chain", "distilled_hidden", "distilled_attention",
+        "distilled_attribution"}
     # the transfer arms are also compared with each other: same extra cases, soft vs hard targets
     contrast = gain[gain["against"] == "pseudo_label_transfer"]
     assert set(contrast["arm"]) == {"distilled_transfer"} and set(contrast["model"]) == set(gain["model"])

@@ -163,11 +163,24 @@ def test_link_logits_are_computed_once(tiny_run, monkeypatch):
     assert set(logits) == {"train"} and logits["train"].shape == (len(shared.labels["train"]), 2)
 
 
-def test_the_teacher_stops_after_teacher_patience_epochs_without_improvement(tmp_path):
+def test_the_teacher_stops_after_teacher_patience_epochs_without_improvement(tmp_path, monkeypatch):
     """A teacher that cannot improve (learning rate ~0) stops after `teacher_patience` flat epochs, never running its
-    whole `teacher_epochs` budget; with patience 0 it runs them all."""
+    whole `teacher_epochs` budget; with patience 0 it runs them all. (It first learns for 150 steps at a real rate so
+    that it predicts both classes: patience counts only once a run predicts more than one class.)"""
     import json
 
+    from helpers.stages import teacher as teacher_stage
+    from helpers.training.loop import TrainConfig
+
+    real_train = teacher_stage.train
+
+    def after_a_little(model, train_set, val_set, cfg, **kwargs):  # first 150 steps at a real rate: both classes
+        warm = TrainConfig(max_steps=150, lr=3e-3, batch_size=cfg.batch_size, seed=cfg.seed, eval_every=150,
+                           patience=0)
+        real_train(model, train_set, val_set, warm)
+        return real_train(model.train(), train_set, val_set, cfg, **kwargs)
+
+    monkeypatch.setattr(teacher_stage, "train", after_a_little)
     run_dir = tmp_path / "run"
     stages_data.prepare(data_params(run_dir, synthetic_n=200, synthetic_seed=5, max_len=MAX_LEN))
     common = dict(teacher="Smoke_Teacher_2x64", teacher_epochs=8, teacher_lr=1e-12, teacher_seed=0, ceiling_seed=1,

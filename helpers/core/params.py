@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from helpers.core.constants import ARMS, LAUNCHERS, MIN_MAX_LEN, PRECISIONS
+from helpers.core.constants import ARMS, BEYOND_ARMS, LAUNCHERS, LOGIT_ARMS, MIN_MAX_LEN, PRECISIONS
 from helpers.core.errors import ConfigError
 
 P = TypeVar("P", bound="StageParams")
@@ -217,10 +217,24 @@ class DataParams(RunFolderParams):
     val_n: int = param(500, "validation cases (0: use val_frac)", non_negative_int)
     test_n: int = param(2000, "test cases (0: use test_frac)", non_negative_int)
     split_seed: int = param(42, "stratified split seed", lambda v: None if _is_int(v) else "must be an integer")
+    cv_folds: int = param(0, "cross-fitting (`python -m helpers crossfit` sets it): the cases fall into this many "
+                             "stratified folds and fold cv_fold is the test split (0: one split by test_n/test_frac)",
+                          lambda v: None if _is_int(v) and (v == 0 or v >= 2) else "must be 0 or an integer >= 2")
+    cv_fold: int = param(0, "with cv_folds: the fold held out as the test split (0 .. cv_folds - 1)",
+                         non_negative_int)
 
     def _together(self) -> list[tuple[str, str]]:
-        return [("val_frac", "val_frac + test_frac must be < 1 (to leave training cases)")] \
-            if self.val_frac + self.test_frac >= 1 else []
+        out = [("val_frac", "val_frac + test_frac must be < 1 (to leave training cases)")] \
+            if self.val_frac + self.test_frac >= 1 and not self.cv_folds else []
+        if self.cv_folds and self.cv_fold >= self.cv_folds:
+            out.append(("cv_fold", f"must be below cv_folds ({self.cv_folds}): folds are numbered 0 .. "
+                                   f"{self.cv_folds - 1}"))
+        if self.cv_folds and self.test_n:
+            out.append(("test_n", f"must be 0 with cv_folds {self.cv_folds}: the test split is one fold, a "
+                                  f"1/{self.cv_folds} share of the cases"))
+        if self.cv_folds and self.val_frac + 1 / self.cv_folds >= 1:
+            out.append(("val_frac", "val_frac + 1/cv_folds must be < 1 (to leave training cases)"))
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -251,7 +265,9 @@ class StudentParams(TrainingParams, BootstrapParams):
     students: list = param(["S1_Third_2x384", "S5_Minimal_2x192"], "student spec names (the five-student run: "
                                                                    "profiles/full.yaml)",
                            lambda v: None if isinstance(v, list) and v else "must be a non-empty list")
-    arms: list = param(list(ARMS), "training arms per student (chain: each student from the next larger)",
+    arms: list = param(list(LOGIT_ARMS), "training arms per student (chain: each student from the next larger; "
+                                         "beyond logits: distilled_hidden, distilled_attention, "
+                                         "distilled_attribution)",
                        lambda v: None if isinstance(v, list) and "independent" in v and set(v) <= set(ARMS)
                        else f"must be a list of {', '.join(ARMS)} that includes independent, got {v!r}")
     transfer_students: list = param(["S5_Minimal_2x192"], "students that get the transfer arms (empty list: all)",
@@ -265,7 +281,8 @@ class StudentParams(TrainingParams, BootstrapParams):
     transfer_batch: int = param(16, "transfer cases added on top of each labelled batch in the transfer arms",
                                 positive_int)
     eval_every: int = param(50, "steps between validation evaluations", positive_int)
-    patience: int = param(2, "evaluations without improvement before stopping early (0: never)", non_negative_int)
+    patience: int = param(2, "evaluations without improvement before stopping early (0: never); counted "
+                          "only once a run predicts more than one class on validation", non_negative_int)
     student_lr_grid: list = param([2.5e-4, 5.0e-4], "learning rates every arm tries first for random-init students",
                                   lr_list)
     student_lr_grid_warm: list = param([2.5e-4, 5.0e-4], "... for students that start from teacher layers or "
@@ -286,9 +303,19 @@ class StudentParams(TrainingParams, BootstrapParams):
     temperature: float = param(4.0, "softmax temperature T", positive_number)
     teacher_mode: str = param("cached", "cached (teacher logits from disk) | online (teacher forward per batch)",
                               one_of("cached", "online"))
+    hidden_weight: float = param(1.0, "distilled_hidden: weight of the TinyBERT hidden-state + attention-score "
+                                      "term added to the distilled loss", positive_number)
+    attention_weight: float = param(1.0, "distilled_attention: weight of the MiniLM attention + value-relation "
+                                         "term", positive_number)
+    attribution_weight: float = param(1.0, "distilled_attribution: weight of the AD-KD token-attribution term",
+                                      positive_number)
 
     def _together(self) -> list[tuple[str, str]]:
         wrong = []
+        beyond = [a for a in self.arms if a in BEYOND_ARMS]
+        if beyond and "distilled" not in self.arms:
+            wrong.append(("arms", f"{', '.join(beyond)} need(s) distilled (each adds one term to its loss and is "
+                                  f"compared with it)"))
         if "chain" in self.arms and "distilled" not in self.arms:
             wrong.append(("arms", "chain needs distilled (its first link is direct distillation, and it is compared "
                                   "with it)"))

@@ -50,6 +50,38 @@ def stratified_group_split(labels: pd.Series, groups: pd.Series, val_frac: float
     return groups.map(assign)
 
 
+def crossfit_split(labels: pd.Series, groups: pd.Series, folds: int, fold: int, val_frac: float,
+                   seed: int) -> pd.Series:
+    """Split name per row for cross-fitting: `folds` stratified folds (near-duplicate groups never straddle two),
+    fold `fold` the test split, validation a stratified `val_frac` share of all cases drawn from the other folds, the
+    rest training. With the same seed every fold number gives a different test split and, over all of them, every
+    case is a test case exactly once."""
+    first = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()}).drop_duplicates("group")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    sizes = groups.value_counts()
+    assign: dict[str, str] = {}
+    for c in sorted(first["label"].unique()):
+        keys = first.loc[first["label"] == c, "group"].to_numpy()
+        keys = keys[rng.permutation(len(keys))]
+        filled = np.zeros(folds, dtype=int)
+        fold_of = {}
+        for key in keys:  # each group to the fold holding the fewest cases of this class so far (first on ties)
+            k = int(np.argmin(filled))
+            fold_of[key] = k
+            filled[k] += int(sizes[key])
+        target = max(1, round(int(sizes[keys].sum()) * val_frac))
+        taken = 0
+        for key in keys:  # the same seeded order: validation from the other folds until its share is reached
+            if fold_of[key] == fold:
+                assign[key] = "test"
+            elif taken < target:
+                assign[key] = "val"
+                taken += int(sizes[key])
+            else:
+                assign[key] = "train"
+    return groups.map(assign)
+
+
 def _assign_classes(cases: pd.DataFrame, groups: pd.Series, rare_classes: str, min_class_count: int,
                     path: str | Path) -> tuple[pd.DataFrame, pd.Series, list[str], dict]:
     """Class names -> integer ids for a many-class task, rare classes merged into OTHER or dropped.

@@ -229,7 +229,12 @@ def verdict(diff: float, ci_low: float, ci_high: float, meaningful: bool = True,
 
 
 ARM_WORDS = {"distilled": "distillation", "distilled_transfer": "distillation with the transfer set",
-             "pseudo_label_transfer": "pseudo-labels on the transfer set", "chain": "chain distillation"}
+             "pseudo_label_transfer": "pseudo-labels on the transfer set", "chain": "chain distillation",
+             "distilled_hidden": "distillation with hidden states (TinyBERT)",
+             "distilled_attention": "distillation with attention relations (MiniLM)",
+             "distilled_attribution": "distillation with attribution maps (AD-KD)"}
+BEYOND_WORDS = {"distilled_hidden": "the hidden-state term", "distilled_attention": "the attention-relation term",
+                "distilled_attribution": "the attribution term"}
 
 
 def _contrast_words(arm: str, against: str) -> str:
@@ -238,6 +243,8 @@ def _contrast_words(arm: str, against: str) -> str:
         return ARM_WORDS.get(arm, arm)
     if (arm, against) == ("chain", "distilled"):
         return "the chain over direct distillation"
+    if against == "distilled" and arm in BEYOND_WORDS:
+        return f"{BEYOND_WORDS[arm]} beyond the logits"
     return f"soft targets ({arm} over {against})"
 
 
@@ -260,9 +267,10 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
     accuracy against independent; secondary: every other row), p_adjusted (Holm over the primary rows; empty for
     secondary rows), meaningful, did_not_learn, verdict. Every arm is compared with `independent`; a student with both
     transfer arms also gets distilled_transfer against pseudo_label_transfer (same extra cases, soft vs hard
-    targets), and a student with the chain arm also gets chain against distilled (chain_vs_direct: the same loss
-    from the previous, larger student instead of the teacher). A student whose runs predict one class on validation
-    in every seed is reported as not comparable rather than as a zero difference.
+    targets), a student with the chain arm also gets chain against distilled (chain_vs_direct: the same loss
+    from the previous, larger student instead of the teacher), and each beyond-logit arm also gets itself against
+    distilled (the same logit loss plus one inner term: what that term adds). A student whose runs predict one
+    class on validation in every seed is reported as not comparable rather than as a zero difference.
     """
     rows = []
     for name in students:
@@ -281,6 +289,8 @@ def kd_gain_table(predictions: pd.DataFrame, students: list[str], teacher_pred: 
             pairs.append(("pseudo_label_transfer", "distilled_transfer"))
         if {"distilled", "chain"} <= set(arms):  # chain_vs_direct: a teacher assistant vs the teacher itself
             pairs.append(("distilled", "chain"))
+        # the beyond-logit arms against distilled: what the extra signal adds beyond the logits
+        pairs += [("distilled", arm) for arm in arms if arm in BEYOND_WORDS and "distilled" in arms]
         for against, arm in pairs:
             seeds = sorted(set(wide[against].columns) & set(wide[arm].columns))
             if len(cols) == 1:

@@ -52,3 +52,23 @@ def text_read(texts: Sequence[str], max_len: int) -> list[str]:
         end = max((b for a, b in offsets if b > a), default=0)
         out.append(text[:end])
     return out
+
+
+READINGS = ("head", "head_tail")
+
+
+def head_tail_ids(texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids of each text read head + tail (Sun et al. 2019, "How to fine-tune BERT for text classification"):
+    a text longer than `max_len` keeps [CLS], its first quarter of the budget, its last three quarters, and [SEP]
+    (their 128 + 382 of 512, in proportion); shorter texts are read whole, exactly as `tokenize` reads them."""
+    enc = get_tokenizer()(list(texts), truncation=False, verbose=False)
+    body = max_len - 2
+    head = body // 4
+    out = []
+    for ids in enc["input_ids"]:
+        if len(ids) <= max_len:
+            out.append(list(ids))
+            continue
+        inner = ids[1:-1]
+        out.append([ids[0], *inner[:head], *inner[len(inner) - (body - head):], ids[-1]])
+    return out

@@ -21,7 +21,8 @@ def pareto_front(latency: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return keep
 
 
-ARM_MARKERS = {"distilled": "o", "distilled_transfer": "s", "pseudo_label_transfer": "^", "chain": "D"}
+ARM_MARKERS = {"distilled": "o", "distilled_transfer": "s", "pseudo_label_transfer": "^", "chain": "D",
+               "distilled_hidden": "P", "distilled_attention": "X", "distilled_attribution": "*"}
 
 
 def plot_pareto(summary: dict[str, Any], run_dir: str | Path | None = None,

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from helpers.core.constants import ARMS
+
 SCHEMA_VERSION = "4"
-MODES = ["teacher", "independent", "distilled", "distilled_transfer", "pseudo_label_transfer", "chain"]
+MODES = ["teacher", *ARMS]
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}

@@ -1,4 +1,4 @@
-"""The command line: `python -m helpers run ...`, `sweep ...`, `replicate ...` and `params`."""
+"""The command line: `python -m helpers run ...`, `sweep ...`, `crossfit ...`, `replicate ...` and `params`."""
 from __future__ import annotations
 
 import argparse
@@ -11,14 +11,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers", description="Distilling Justice: run the notebook suite.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run the notebooks in order (skipping finished, unchanged stages)"),
-                       ("sweep", "rerun the student stage for every combination of -p values (a,b,c)")):
+                       ("sweep", "rerun the student stage for every combination of -p values (a,b,c)"),
+                       ("crossfit", "cross-fitting: run stages 01-03 once per fold (each fold the test split once, "
+                                    "teacher and students per fold, in <run-dir>-fold<k>) and pool every fold's "
+                                    "test cases into one verdict table (<run-dir>-crossfit/kd_gain.csv)")):
         s = sub.add_parser(name, help=text, description=text)
         src = s.add_mutually_exclusive_group()
         src.add_argument("--profile", default="default", help="profile name (profiles/NAME.yaml); default: default")
         src.add_argument("-f", "--file", dest="param_file",
                          help="a YAML parameter file layered over the default profile")
         s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                       help="override one parameter (lists: a,b,c)" if name == "run" else
+                       help="override one parameter (lists: a,b,c)" if name != "sweep" else
                        "a swept parameter and its comma-separated values")
         s.add_argument("--data", help="path of a JUSTICE-schema csv (sets data_path)")
         s.add_argument("--transfer", help="path of a csv of unlabelled transfer cases, labels ignored (sets "
@@ -28,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--verbose", action="store_true",
                        help="stream papermill's log (cell by cell, every cell's text output, kernel warnings) "
                             "instead of only what the notebooks print")
-        if name == "run":
+        if name == "crossfit":
+            s.add_argument("--folds", type=int, default=5, help="folds (default 5): the run costs this many times "
+                                                                "the profile's stages 01-03")
+        elif name == "run":
             s.add_argument("--only", help="run this stage only (e.g. 02 or train_teacher)")
             s.add_argument("--from", dest="start", help="run from this stage on")
             s.add_argument("--until", help="stop after this stage")
@@ -78,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             params = resolve(None if args.param_file else args.profile, args.param_file, [*args.param, *transfer],
                              args.data, args.run_dir)
             run(params, only=args.only, start=args.start, until=args.until, force=args.force, verbose=args.verbose)
+        elif args.command == "crossfit":
+            from helpers.config.resolve import resolve
+            from helpers.run.crossfit import crossfit
+
+            params = resolve(None if args.param_file else args.profile, args.param_file, [*args.param, *transfer],
+                             args.data, args.run_dir)
+            crossfit(params, args.folds, force=args.force, verbose=args.verbose)
         elif args.command == "replicate":
             from helpers.run.replicate import replicate
 

@@ -21,6 +21,7 @@ from helpers.core.errors import ConfigError, DataError
 from helpers.core.paths import REPO_ROOT
 from helpers.core.run_folder import project_path
 from helpers.data.schema import read_justice_csv
+from helpers.run.estimate import estimate_text
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 HASH_EXCLUDED = {"run_dir", "profile"}  # where a run lives, and its label, don't change what a stage computes
@@ -255,6 +256,9 @@ def run(params: dict[str, Any], only: str | None = None, start: str | None = Non
             redo = redo or runs  # once a stage reruns, every later stage reruns too
             plan.append((i, stage, digest, runs))
     check_input_files(params, [stage for _, stage, _, runs in plan if runs])
+    expected = estimate_text(params, [stage.label[:2] for _, stage, _, runs in plan if runs])
+    if expected:
+        print(expected, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_params(params, run_dir / "params.yaml")
     report = []

@@ -33,7 +33,13 @@ from helpers.data.schema import (
     label_column_for,
     read_justice_csv,
 )
-from helpers.data.splits import _assign_classes, _check_class_sizes, _sizes_as_fractions, stratified_group_split
+from helpers.data.splits import (
+    _assign_classes,
+    _check_class_sizes,
+    _sizes_as_fractions,
+    crossfit_split,
+    stratified_group_split,
+)
 from helpers.data.store import _swap_into_place, write_classes, write_vocabulary
 from helpers.models.tokenization import get_tokenizer, text_read
 from helpers.synthetic.generator import generate_cases, generate_justice_csv, rationales_path
@@ -87,7 +93,13 @@ def prepare(p: DataParams) -> dict:
             classes, class_info = [OUTCOME[0], OUTCOME[1]], {}
         _check_class_sizes(cases["label"], groups, path, classes)
         val_frac, test_frac = _sizes_as_fractions(len(cases), p.val_n, p.test_n, val_frac, test_frac, path)
-        cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac, p.split_seed).to_numpy()
+        if p.cv_folds:  # cross-fitting: fold cv_fold is the test split (helpers.run.crossfit runs every fold)
+            test_frac = 1 / p.cv_folds
+            cases["split"] = crossfit_split(cases["label"], groups, p.cv_folds, p.cv_fold, val_frac,
+                                            p.split_seed).to_numpy()
+        else:
+            cases["split"] = stratified_group_split(cases["label"], groups, val_frac, test_frac,
+                                                    p.split_seed).to_numpy()
         cases["n_words"] = cases["text"].str.split().str.len()
         enc = get_tokenizer()(list(cases["text"]), add_special_tokens=True, verbose=False)
         cases["n_tokens"] = [len(ids) for ids in enc["input_ids"]]
@@ -111,7 +123,7 @@ def prepare(p: DataParams) -> dict:
             "text_template": p.text_template, "max_len": int(p.max_len),
             "truncated_share": {s: float((splits[s]["n_tokens"] > p.max_len).mean()) for s in SPLITS},
             "split_seed": p.split_seed, "val_frac": val_frac, "test_frac": test_frac, "val_n": p.val_n,
-            "test_n": p.test_n,
+            "test_n": p.test_n, **({"cv_folds": p.cv_folds, "cv_fold": p.cv_fold} if p.cv_folds else {}),
             "baselines": {"majority": _majority(splits), "tfidf_logreg": tfidf, "tfidf_logreg_read": tfidf_read},
             "tfidf_logreg_C": tfidf_c,
         }

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.core.constants import ARMS, CHAIN_ARM, SPLITS, TRANSFER, TRANSFER_ARMS
+from helpers.core.constants import ARMS, BEYOND_ARMS, CHAIN_ARM, SPLITS, TRANSFER, TRANSFER_ARMS
 from helpers.core.device import pick_device
 from helpers.core.params import StudentParams
 from helpers.core.progress import quiet_worker
@@ -29,11 +29,13 @@ from helpers.parallel.launcher import launch_student
 from helpers.parallel.plan import execution, threads_each
 from helpers.training.checkpoints import index_entry, record, replace_student_rows, teacher_predictions, teacher_summary
 from helpers.training.datasets import CaseDataset, encode_splits
+from helpers.training.internals import ARM_WEIGHT, ONLINE_ARMS, shape_of
 from helpers.training.jobs import Job, job_folder
 from helpers.training.loop import TrainConfig, predict_logits, train
 from helpers.training.lr_search import ArmSearch
 from helpers.training.lr_search import lr_table as lr_search_table
 from helpers.training.precision import resolve_precision
+from helpers.training.teacher_attributions import cache_teacher_maps
 from helpers.training.teacher_logits import cache_teacher_logits, load_teacher_logits, read_cached_logits
 
 
@@ -52,6 +54,7 @@ class Shared:
     train_set: CaseDataset
     val_set: CaseDataset
     transfer_set: CaseDataset | None  # the whole unlabelled pool (label -1) with its teacher logits
+    teacher_maps: dict[str, np.ndarray] | None = None  # distilled_attribution: "k<width>" -> [n_train, max_len]
 
     def with_transfer(self, n: int | None = None) -> CaseDataset:
         """The labelled training cases followed by the first n transfer cases (n: the stage's transfer_n)."""
@@ -83,10 +86,11 @@ def load_shared(run_dir: str | Path, settings: dict[str, Any]) -> Shared:
     if TRANSFER in encoded:
         n = len(encoded[TRANSFER])
         pool = CaseDataset(encoded[TRANSFER], np.full(n, -1), t_logits[TRANSFER])
+    maps = read_cached_logits(run_dir / settings["teacher_maps"]) if settings.get("teacher_maps") else None
     shared = Shared(run_dir=run_dir, settings=settings, encoded=encoded, labels=labels, t_logits=t_logits,
                     keep_ids=data_mod.load_vocabulary(run_dir) if settings["trim_vocab"] else None,
                     teacher=load_model(teacher_dir, "cpu"), online_teacher=online, train_set=train_set,
-                    val_set=CaseDataset(encoded["val"], labels["val"]), transfer_set=pool)
+                    val_set=CaseDataset(encoded["val"], labels["val"]), transfer_set=pool, teacher_maps=maps)
     _SHARED["stage"] = shared
     return shared
 
@@ -125,10 +129,15 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
     if job.arm == CHAIN_ARM:  # the previous link's logits stand in for the teacher's (always from the cache)
         data = CaseDataset(sh.encoded["train"], sh.labels["train"],
                            read_cached_logits(sh.run_dir / job.link_logits)["train"])
+    elif job.arm == "distilled_attribution":  # the teacher's token maps at this student's top-k width
+        data = CaseDataset(sh.encoded["train"], sh.labels["train"], sh.train_set.teacher_logits,
+                           sh.teacher_maps[f"k{map_width(model, sh.teacher)}"])
     else:
         data = sh.with_transfer(job.transfer_n) if job.arm in TRANSFER_ARMS else sh.train_set
     result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
-                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator)
+                   teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator,
+                   inner_teacher=sh.teacher if job.arm in ONLINE_ARMS else None,
+                   extra_weight=st[ARM_WEIGHT[job.arm]] if job.arm in BEYOND_ARMS else 1.0)
     if accelerator is not None and not accelerator.is_main_process:
         return None
     out = save_model(result.model, job_folder(sh.run_dir, job), spec)
@@ -149,7 +158,7 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
                     "stopped_early": result.stopped_early, "train_examples": result.train_examples,
                     "train_seconds": round(result.train_seconds, 3), "eval_seconds": round(result.eval_seconds, 3),
                     "seconds": round(time.perf_counter() - start, 2), "batch_digest": result.batch_digest,
-                    "did_not_learn": _did_not_learn(result.val_logits)}}
+                    "did_not_learn": _did_not_learn(result.val_logits), "term": result.term}}
 
 
 def _run_jobs(jobs: list[Job], pool, label: str, on_done: Callable[[dict[str, Any]], list[Job]] | None = None,
@@ -200,6 +209,11 @@ def _run_jobs(jobs: list[Job], pool, label: str, on_done: Callable[[dict[str, An
         backlog.extendleft(reversed(unlocked))
         dispatch()
     return out
+
+
+def map_width(student: Any, teacher: Any) -> int:
+    """The top-k width of the teacher's token maps a student learns from: its own width, at most the teacher's."""
+    return min(shape_of(student)[1], shape_of(teacher)[1])
 
 
 def step_budget(n_train: int, p: StudentParams) -> int:
@@ -277,6 +291,9 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     if CHAIN_ARM in arms and "distilled" not in arms:
         raise ValueError("parameter arms: chain needs distilled (the chain's first link is direct distillation, and "
                          "every chain student is compared with its distilled arm)")
+    if any(a in BEYOND_ARMS for a in arms) and "distilled" not in arms:
+        raise ValueError("parameter arms: the beyond-logit arms need distilled (each adds one term to its loss and is "
+                         "compared with it)")
     transfer = data_mod.load_transfer(run_dir)
     pool_size = 0 if transfer is None else len(transfer)
     if any(a in TRANSFER_ARMS for a in arms) and (pool_size == 0 or p.transfer_n == 0):
@@ -291,7 +308,10 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
                 "batch_size": p.batch_size, "eval_every": p.eval_every, "patience": p.patience,
                 "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "precision": precision,
                 "alpha": p.alpha, "temperature": p.temperature, "launcher": p.launcher, "processes": p.processes,
-                "threads": p.threads}
+                "threads": p.threads, "hidden_weight": p.hidden_weight, "attention_weight": p.attention_weight,
+                "attribution_weight": p.attribution_weight, "teacher_maps": ""}
+    if "distilled_attribution" in arms:  # the teacher's token maps, once per training case, before any worker starts
+        settings["teacher_maps"] = _cache_maps(run_dir, p, device)
     shared = load_shared(run_dir, settings)
     settings["max_steps"] = step_budget(len(shared.train_set), p)  # shared holds this dict: workers start after
     write_json(run_dir / "models" / "student_settings.json", settings)
@@ -443,6 +463,22 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     else:
         (run_dir / "models" / "transfer_curve.csv").unlink(missing_ok=True)
     return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table, "transfer_curve": curve}
+
+
+def _cache_maps(run_dir: Path, p: StudentParams, device: str) -> str:
+    """Cache the teacher's token maps for every student width of the run; the cache file's run-folder path."""
+    cases = load_cases(run_dir)
+    teacher = load_model(run_dir / read_index(run_dir)["teacher"]["path"], "cpu")
+    keep = data_mod.load_vocabulary(run_dir) if p.trim_vocab else None
+    widths = sorted({map_width(build_model(get_spec(n, p.model_overrides), teacher=teacher, keep_ids=keep,
+                                           num_labels=teacher.config.num_labels), teacher) for n in p.students})
+    start = time.perf_counter()
+    path, _ = cache_teacher_maps(run_dir, cases["train"], encode_splits({"train": cases["train"]}, p.max_len)["train"],
+                                 p.max_len, widths, device)
+    print(f"teacher token maps (gradient x input, top-k of {widths} dimensions) for {len(cases['train'])} training "
+          f"cases: {path.relative_to(run_dir)} ({time.perf_counter() - start:.0f} s, or read from the cache)",
+          flush=True)
+    return path.relative_to(run_dir).as_posix()
 
 
 def curve_student(students: list[str], arms: list[str], transfer_students: list[str] | None) -> str | None:

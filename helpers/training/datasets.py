@@ -8,12 +8,17 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from helpers.models.tokenization import tokenize
+from helpers.models.tokenization import READINGS, head_tail_ids, tokenize
 
 
 # ---------------------------------------------------------------- data
-def encode(texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
-    """Tokenise once (truncation at max_len, no padding); batches are padded by `collate`."""
+def encode(texts: list[str], max_len: int, reading: str = "head") -> list[dict[str, list[int]]]:
+    """Tokenise once (no padding; batches are padded by `collate`): `head` truncates at max_len, `head_tail` keeps
+    a long text's first and last tokens (models.tokenization.head_tail_ids)."""
+    if reading == "head_tail":
+        return [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in head_tail_ids(texts, max_len)]
+    if reading != "head":
+        raise ValueError(f"reading {reading!r}: expected one of {', '.join(READINGS)}")
     enc = tokenize(texts, max_len, padding=False)
     return [{"input_ids": ids, "attention_mask": m} for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
 
@@ -24,15 +29,19 @@ def encode_splits(splits: dict[str, pd.DataFrame], max_len: int) -> dict[str, li
 
 
 class CaseDataset(Dataset):
-    """Pre-tokenised cases with labels (-1 = unlabelled) and, optionally, cached teacher logits."""
+    """Pre-tokenised cases with labels (-1 = unlabelled) and, optionally, cached teacher logits and the teacher's
+    token attribution maps ([n, max_len], the distilled_attribution arm's targets)."""
 
     def __init__(self, encodings: list[dict[str, list[int]]], labels: np.ndarray,
-                 teacher_logits: np.ndarray | None = None):
+                 teacher_logits: np.ndarray | None = None, teacher_maps: np.ndarray | None = None):
         if teacher_logits is not None and len(teacher_logits) != len(encodings):
             raise ValueError(f"{len(teacher_logits)} teacher logits for {len(encodings)} cases: stale logits cache?")
+        if teacher_maps is not None and len(teacher_maps) != len(encodings):
+            raise ValueError(f"{len(teacher_maps)} teacher maps for {len(encodings)} cases: stale attribution cache?")
         if len(labels) != len(encodings):
             raise ValueError(f"{len(labels)} labels for {len(encodings)} cases")
         self.encodings, self.labels, self.teacher_logits = encodings, np.asarray(labels), teacher_logits
+        self.teacher_maps = teacher_maps
 
     def __len__(self) -> int:
         return len(self.encodings)
@@ -41,10 +50,12 @@ class CaseDataset(Dataset):
         item = dict(self.encodings[i], labels=int(self.labels[i]))
         if self.teacher_logits is not None:
             item["teacher_logits"] = self.teacher_logits[i]
+        if self.teacher_maps is not None:
+            item["teacher_map"] = self.teacher_maps[i]
         return item
 
     def concat(self, other: CaseDataset) -> CaseDataset:
-        """This dataset followed by `other` (both with or both without teacher logits)."""
+        """This dataset followed by `other` (both with or both without teacher logits; maps are not joined)."""
         if (self.teacher_logits is None) != (other.teacher_logits is None):
             raise ValueError("cannot join a dataset with teacher logits to one without")
         logits = None if self.teacher_logits is None else np.concatenate([self.teacher_logits, other.teacher_logits])
@@ -65,6 +76,8 @@ def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
         out["labels"] = torch.tensor([b["labels"] for b in batch])
     if "teacher_logits" in batch[0]:
         out["teacher_logits"] = torch.tensor(np.stack([b["teacher_logits"] for b in batch]), dtype=torch.float32)
+    if "teacher_map" in batch[0]:
+        out["teacher_map"] = torch.tensor(np.stack([b["teacher_map"][:width] for b in batch]), dtype=torch.float32)
     return out
 
 

@@ -18,6 +18,7 @@ from helpers.core.constants import ARMS
 from helpers.evaluation.metrics import classification_metrics
 from helpers.training.datasets import CaseDataset, Encodings, _batches, batch_order, collate
 from helpers.training.fast_dropout import cpu_dropout
+from helpers.training.internals import BEYOND_ARMS, ONLINE_ARMS, forward_with_term, plan_term
 from helpers.training.losses import _arm_loss, class_weights_for
 from helpers.training.precision import autocast
 
@@ -68,7 +69,9 @@ class TrainConfig:
     seed: int
     transfer_batch: int = 0  # unlabelled transfer cases added on top of each labelled batch (the transfer arms)
     eval_every: int = 25  # optimizer steps between validation evaluations
-    patience: int = 4  # evaluations without improvement before stopping (0: never); never before max_steps // 4
+    patience: int = 4  # evaluations without improvement before stopping (0: never); never before max_steps // 4, and
+    # not counted until the run has predicted more than one class on validation (a run that has not started learning
+    # yet is not stopped for failing to improve; max_steps still bounds it)
     selection_metric: str = "macro_f1"
     class_weighted: bool = False
     device: str = "cpu"
@@ -92,11 +95,16 @@ class TrainResult:
     stopped_early: bool
     val_logits: np.ndarray  # validation logits at the best step (scored once, during training)
     batch_digest: str  # sha256 of the batch order: equal for arms that saw the same batches
+    term: str = ""  # a beyond-logit arm's extra term as this student x teacher pair took it (and what it left out)
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+               extra: list[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the model's parameters (and `extra` ones: a beyond-logit arm's training-only projection); biases
+    and LayerNorm weights without weight decay."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = [*model.named_parameters(), *((f"extra.{i}", p) for i, p in enumerate(extra or []))]
+    for name, p in named:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -138,7 +146,8 @@ def transfer_batches(labels: np.ndarray, cfg: TrainConfig) -> list[np.ndarray]:
 
 def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, cfg: TrainConfig,
           mode: str = "independent", *, alpha: float = 0.5, temperature: float = 4.0,
-          teacher_model: PreTrainedModel | None = None, accelerator: Any = None) -> TrainResult:
+          teacher_model: PreTrainedModel | None = None, accelerator: Any = None,
+          inner_teacher: PreTrainedModel | None = None, extra_weight: float = 1.0) -> TrainResult:
     """Train `model` in `mode` (an arm of ARMS) for at most cfg.max_steps; restore the best evaluation's weights.
 
     Every arm draws its labelled batches from `train_set` in the same seeded order, so all arms of a student see
@@ -153,21 +162,37 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     unweighted losses; with class_weighted each shard normalises by its own weights). Validation is split across
     the processes and gathered, so all of them take the same decisions; the caller saves on the main process only.
     With one process (or none) nothing changes.
+
+    The beyond-logit arms (training.internals.BEYOND_ARMS) add `extra_weight` times their term to the distilled
+    loss: distilled_hidden and distilled_attention read the teacher's inside from `inner_teacher` (its forward
+    runs per batch, in eval mode), distilled_attribution the teacher's cached token maps in `train_set`.
     """
     if mode not in ARMS:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(ARMS)}")
     if mode != "independent" and train_set.teacher_logits is None and teacher_model is None:
         raise ValueError(f"mode {mode!r} needs teacher logits in the dataset or an online teacher")
-    if mode == "independent" and (train_set.labels < 0).any():
-        raise ValueError("the independent arm trains on labelled cases only")
+    if mode in ("independent", *BEYOND_ARMS) and (train_set.labels < 0).any():
+        raise ValueError(f"the {mode} arm trains on labelled cases only")
+    if mode in ONLINE_ARMS and inner_teacher is None:
+        raise ValueError(f"mode {mode!r} needs the teacher model (inner_teacher): its inside is read per batch")
+    if mode == "distilled_attribution" and train_set.teacher_maps is None:
+        raise ValueError("mode 'distilled_attribution' needs the teacher's token maps in the training set "
+                         "(training.teacher_attributions)")
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     if teacher_model is not None:
         teacher_model.to(device).eval()
+    term = None
+    if mode in BEYOND_ARMS:
+        term = plan_term(mode, model, inner_teacher if inner_teacher is not None else model, cfg.seed)
+        if term.projection is not None:
+            term.projection.to(device).train()
+        if inner_teacher is not None:
+            inner_teacher.to(device).eval()
     num_labels = model.config.num_labels
     weights = class_weights_for(train_set.labels, num_labels).to(device) if cfg.class_weighted else None
-    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = _optimizer(model, cfg.lr, cfg.weight_decay, term.parameters() if term is not None else None)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps)
     net, rank, world = model, 0, 1  # net: what the training forward runs (the model, or its data-parallel wrapper)
     if accelerator is not None:
@@ -177,7 +202,7 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     steps_per_pass = int(np.ceil(int((train_set.labels >= 0).sum()) / cfg.batch_size))
 
     best = {"value": -np.inf, "state": None, "step": 0, "logits": None}
-    rows, parts, waited = [], [], 0
+    rows, parts, waited, learned = [], [], 0, False
     train_seconds = eval_seconds = 0.0
     examples, step, stopped = 0, 0, False
     with cpu_dropout(model):  # the same dropout, masks cheap to draw on CPU (helpers.training.fast_dropout)
@@ -191,9 +216,16 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
                 with torch.no_grad(), autocast(cfg.precision, device):
                     batch["teacher_logits"] = teacher_model(input_ids=batch["input_ids"],
                                                             attention_mask=batch["attention_mask"]).logits.float()
-            with autocast(cfg.precision, device):
-                logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
+            if term is None:
+                with autocast(cfg.precision, device):
+                    logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss, part = _arm_loss(mode, logits, batch, alpha, temperature, weights)
+            else:  # the distilled loss, plus the arm's weighted term
+                with autocast(cfg.precision, device):
+                    logits, extra = forward_with_term(net, model, term, inner_teacher, batch)
+                loss, part = _arm_loss("distilled", logits, batch, alpha, temperature, weights)
+                loss = loss + extra_weight * extra
+                part["extra"] = float(extra.detach())
             if world > 1:  # the processes' gradients are averaged: weight = share * world gives the global batch mean
                 (loss * (share * world)).backward()
                 logged = torch.tensor([part["ce"], part["kl"], float(loss.detach())], dtype=torch.float64) * share
@@ -219,7 +251,8 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
                                              torch.tensor(val_set.labels, dtype=torch.long)))
             chunk = pd.DataFrame(parts)
             rows.append({"step": step, "epoch": round(step / steps_per_pass, 3), "train_loss": chunk["loss"].mean(),
-                         "train_ce": chunk["ce"].mean(), "train_kl": chunk["kl"].mean(), "val_loss": val_loss,
+                         "train_ce": chunk["ce"].mean(), "train_kl": chunk["kl"].mean(),
+                         **({"train_extra": chunk["extra"].mean()} if term is not None else {}), "val_loss": val_loss,
                          **{f"val_{k}": m[k] for k in ("accuracy", "macro_f1", "roc_auc")}})
             parts = []
             value = m[cfg.selection_metric]
@@ -229,6 +262,9 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
                 waited = 0
             else:
                 waited += 1
+            learned = learned or len(np.unique(val_logits.argmax(axis=1))) > 1
+            if not learned:  # one class for every case so far: patience starts once the run has begun to learn
+                waited = 0
             eval_seconds += time.perf_counter() - t1
             if cfg.patience and waited >= cfg.patience and step >= cfg.max_steps // 4:
                 stopped = step < cfg.max_steps
@@ -242,4 +278,5 @@ def train(model: PreTrainedModel, train_set: CaseDataset, val_set: CaseDataset, 
     history["best"] = history["step"] == best["step"] if len(history) else []
     return TrainResult(model=model, history=history, best_step=int(best["step"]), steps=step,
                        train_examples=examples, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                       stopped_early=stopped, val_logits=best["logits"], batch_digest=digest)
+                       stopped_early=stopped, val_logits=best["logits"], batch_digest=digest,
+                       term="" if term is None else "; ".join([term.describe(), *term.notes]))

@@ -1,0 +1,90 @@
+"""Cross-fitting (every case a test case once), the time estimate printed before a run, and the head + tail reading."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.config.resolve import resolve
+from helpers.core.errors import ConfigError
+from helpers.data.splits import crossfit_split
+from helpers.models.tokenization import get_tokenizer, head_tail_ids, tokenize
+from helpers.run.crossfit import crossfit, fold_dir, pool_folds
+from helpers.run.estimate import estimate_text
+from helpers.training.datasets import encode
+
+
+def _labels_and_groups(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(4, size=600, p=[0.5, 0.3, 0.15, 0.05])
+    groups = [f"g{i}" for i in range(600)]
+    for i in range(0, 60, 3):  # near-duplicate triples of one class
+        groups[i + 1] = groups[i + 2] = groups[i]
+        labels[i + 1] = labels[i + 2] = labels[i]
+    return pd.Series(labels), pd.Series(groups)
+
+
+def test_every_case_is_a_test_case_exactly_once_and_folds_are_stratified():
+    labels, groups = _labels_and_groups()
+    folds = 5
+    splits = [crossfit_split(labels, groups, folds, k, val_frac=0.15, seed=42) for k in range(folds)]
+    tested = np.stack([(s == "test").to_numpy() for s in splits])
+    assert (tested.sum(axis=0) == 1).all()
+    for s in splits:
+        assert set(s) == {"train", "val", "test"}
+        assert (s.groupby(groups).nunique() == 1).all()  # near-duplicates never straddle splits
+        for c in range(4):  # each class spread evenly: a fold holds its 1/5 share, within one triple
+            n_c = int((labels == c).sum())
+            assert abs(int(((s == "test") & (labels == c)).sum()) - n_c / folds) <= 3
+        assert abs((s == "val").mean() - 0.15) < 0.02 and not ((s == "val") & (s == "test")).any()
+    again = crossfit_split(labels, groups, folds, 2, val_frac=0.15, seed=42)
+    assert again.equals(splits[2])
+    assert not crossfit_split(labels, groups, folds, 2, val_frac=0.15, seed=43).equals(splits[2])
+
+
+@pytest.mark.parametrize("change, name", [({"cv_folds": 3, "cv_fold": 3, "test_n": 0}, "cv_fold"),
+                                          ({"cv_folds": 3, "cv_fold": 0}, "test_n"),
+                                          ({"cv_folds": 1}, "cv_folds")])
+def test_crossfit_parameters_are_checked(change, name):
+    with pytest.raises(ConfigError, match=name):
+        resolve("default", overrides=change)
+
+
+def test_smoke_crossfit_pools_every_case_once(tmp_path):
+    params = resolve("smoke", run_dir=str(tmp_path / "cf"))
+    pooled = crossfit(params, 2)
+    cards = [json.loads((fold_dir(tmp_path / "cf", k) / "data" / "data_card.json").read_text()) for k in range(2)]
+    usable = cards[0]["n_train"] + cards[0]["n_val"] + cards[0]["n_test"]
+    assert pooled["summary"]["n_test_cases"] == cards[0]["n_test"] + cards[1]["n_test"] == usable
+    assert all(c["cv_folds"] == 2 for c in cards) and [c["cv_fold"] for c in cards] == [0, 1]
+    gain = pd.read_csv(tmp_path / "cf-crossfit" / "kd_gain.csv")
+    assert {"distilled"} <= set(gain["arm"]) and gain["ci_low"].le(gain["ci_high"]).all()
+    assert 0 < pooled["summary"]["teacher_test_accuracy"] <= 1
+    with pytest.raises(ConfigError, match="share test cases"):  # the same fold twice is not a cross-fitting plan
+        pool_folds([fold_dir(tmp_path / "cf", 0)] * 2, tmp_path / "bad")
+
+
+def test_time_estimate_follows_the_profile_and_the_data_shape():
+    default = resolve("default")
+    line = estimate_text(default, ["01", "02", "03", "04", "05"])
+    assert "about 17 min" in line and "measured data shape" in line
+    longer = estimate_text({**default, "max_len": 128}, ["03"])
+    assert "x2.00" in longer and "about 27 min" in longer
+    assert "none measured" in estimate_text({**default, "profile": "mine"}, ["01"])
+    assert estimate_text(default, []) == ""
+
+
+def test_head_tail_keeps_the_first_quarter_and_the_last_three_quarters():
+    tok = get_tokenizer()
+    long = " ".join(f"w{i}" for i in range(300))
+    short = "the court affirmed"
+    ids = head_tail_ids([long, short], 34)
+    full = tok(long)["input_ids"]
+    assert len(ids[0]) == 34 and ids[0][0] == tok.cls_token_id and ids[0][-1] == tok.sep_token_id
+    assert ids[0][1:9] == full[1:9] and ids[0][9:-1] == full[-25:-1]  # 8 head + 24 tail of 32
+    assert ids[1] == tokenize([short], 34)["input_ids"][0]
+    assert [e["input_ids"] for e in encode([long], 34, "head_tail")] == ids[:1]
+    with pytest.raises(ValueError, match="reading"):
+        encode([long], 34, "middle")
