@@ -310,9 +310,10 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
                 "alpha": p.alpha, "temperature": p.temperature, "launcher": p.launcher, "processes": p.processes,
                 "threads": p.threads, "hidden_weight": p.hidden_weight, "attention_weight": p.attention_weight,
                 "attribution_weight": p.attribution_weight, "teacher_maps": ""}
-    if "distilled_attribution" in arms:  # the teacher's token maps, once per training case, before any worker starts
-        settings["teacher_maps"] = _cache_maps(run_dir, p, device)
     shared = load_shared(run_dir, settings)
+    if "distilled_attribution" in arms:  # the teacher's token maps, once per training case, before any worker starts
+        settings["teacher_maps"] = _cache_maps(shared, p, device)
+        shared.teacher_maps = read_cached_logits(run_dir / settings["teacher_maps"])
     settings["max_steps"] = step_budget(len(shared.train_set), p)  # shared holds this dict: workers start after
     write_json(run_dir / "models" / "student_settings.json", settings)
     if n_transfer:
@@ -465,20 +466,18 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     return {"metrics": metrics, "kd_gain": gain, "runs": runs, "lr_selection": lr_table, "transfer_curve": curve}
 
 
-def _cache_maps(run_dir: Path, p: StudentParams, device: str) -> str:
-    """Cache the teacher's token maps for every student width of the run; the cache file's run-folder path."""
-    cases = load_cases(run_dir)
-    teacher = load_model(run_dir / read_index(run_dir)["teacher"]["path"], "cpu")
-    keep = data_mod.load_vocabulary(run_dir) if p.trim_vocab else None
-    widths = sorted({map_width(build_model(get_spec(n, p.model_overrides), teacher=teacher, keep_ids=keep,
-                                           num_labels=teacher.config.num_labels), teacher) for n in p.students})
+def _cache_maps(shared: Shared, p: StudentParams, device: str) -> str:
+    """Cache the teacher's token maps for every student width of the run (from the stage's own tokens and teacher);
+    the cache file's run-folder path."""
+    t_width = shape_of(shared.teacher)[1]
+    widths = sorted({min(get_spec(n, p.model_overrides).hidden, t_width) for n in p.students})
     start = time.perf_counter()
-    path, _ = cache_teacher_maps(run_dir, cases["train"], encode_splits({"train": cases["train"]}, p.max_len)["train"],
+    path, _ = cache_teacher_maps(shared.run_dir, load_cases(shared.run_dir)["train"], shared.encoded["train"],
                                  p.max_len, widths, device)
-    print(f"teacher token maps (gradient x input, top-k of {widths} dimensions) for {len(cases['train'])} training "
-          f"cases: {path.relative_to(run_dir)} ({time.perf_counter() - start:.0f} s, or read from the cache)",
-          flush=True)
-    return path.relative_to(run_dir).as_posix()
+    print(f"teacher token maps (gradient x input, top-k of {widths} dimensions) for {len(shared.encoded['train'])} "
+          f"training cases: {path.relative_to(shared.run_dir)} ({time.perf_counter() - start:.0f} s, or read from "
+          f"the cache)", flush=True)
+    return path.relative_to(shared.run_dir).as_posix()
 
 
 def curve_student(students: list[str], arms: list[str], transfer_students: list[str] | None) -> str | None:
