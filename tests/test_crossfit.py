@@ -12,7 +12,7 @@ from helpers.core.errors import ConfigError
 from helpers.data.splits import crossfit_split
 from helpers.models.tokenization import get_tokenizer, head_tail_ids, tokenize
 from helpers.run.crossfit import crossfit, fold_dir, pool_folds
-from helpers.run.estimate import estimate_text
+from helpers.run.estimate import MEASURED, estimate_text
 from helpers.training.datasets import encode
 
 
@@ -68,10 +68,11 @@ def test_smoke_crossfit_pools_every_case_once(tmp_path):
 
 def test_time_estimate_follows_the_profile_and_the_data_shape():
     default = resolve("default")
+    seconds = MEASURED["default"]["seconds"]
     line = estimate_text(default, ["01", "02", "03", "04", "05"])
-    assert "about 17 min" in line and "measured data shape" in line
-    longer = estimate_text({**default, "max_len": 128}, ["03"])
-    assert "x2.00" in longer and "about 27 min" in longer
+    assert f"about {sum(seconds.values()) / 60:.0f} min" in line and "measured data shape" in line
+    longer = estimate_text({**default, "max_len": 128}, ["03"])  # twice the tokens: stage 03 twice as long
+    assert "x2.00" in longer and f"about {2 * seconds['03'] / 60:.0f} min" in longer
     assert "none measured" in estimate_text({**default, "profile": "mine"}, ["01"])
     assert estimate_text(default, []) == ""
 
