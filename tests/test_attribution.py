@@ -1,6 +1,7 @@
 """Stage 04: Integrated Gradients, agreement metrics, faithfulness, caching, the HTML view and the stage's files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -156,27 +157,98 @@ def test_bootstrap_interval_has_the_normal_width_and_its_coverage():
     assert 0.88 <= hits / 200 <= 0.99
 
 
-def test_kd_differences_pair_each_example_and_seed():
+def _attribution_frame(effect: float, n_cases: int, seeds, rng, seed_sd: float = 0.02, case_sd: float = 0.1,
+                       noise_sd: float = 0.05) -> pd.DataFrame:
+    """per_example rows of one student in independent and distilled: cosine = case effect + seed effect + noise, the
+    distilled arm `effect` higher; the seed effects are the same for both arms only in part (as retrained runs)."""
+    case = rng.normal(0.5, case_sd, n_cases)
     rows = []
-    for seed in (0, 1):
+    for s in seeds:
+        shared = rng.normal(0, seed_sd)
+        for mode, shift in (("independent", 0.0), ("distilled", effect)):
+            own = rng.normal(0, seed_sd)
+            values = case + shared + own + shift + rng.normal(0, noise_sd, n_cases)
+            rows += [{"model": "S", "mode": mode, "seed": s, "id": f"c{i}", "cosine": v} for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_attribution_contrasts_pair_each_case_and_seed_with_the_two_way_interval():
+    rows = []
+    for seed in (0, 1, 2):
         for i in range(30):
             base = 0.5 + 0.01 * i + 0.05 * seed
             for mode, value in (("independent", base), ("distilled", base + 0.1 + 0.02 * seed)):
                 rows.append({"model": "S", "mode": mode, "seed": seed, "id": f"c{i}", "cosine": value})
     per_example = pd.DataFrame(rows).reindex(columns=["model", "mode", "seed", "id", *agreement.AGREEMENT_METRICS,
                                                        *agreement.FAITHFULNESS_METRICS])
-    kd = agreement.kd_differences(per_example, n_boot=200)
-    assert kd["metric"].tolist() == ["cosine"]  # metrics without values give no row
-    row = kd.iloc[0]
-    # every example's difference is 0.10 in seed 0 and 0.12 in seed 1: mean 0.11 over 30 examples x 2 seeds, and
-    # since seeds are resampled too the interval reaches towards both seeds' values (examples alone would give 0)
-    assert (row["n"], row["n_seeds"], row["n_excluded"]) == (60, 2, 0) and row["diff"] == pytest.approx(0.11)
-    assert row["ci_low"] == pytest.approx(0.10) and row["ci_high"] == pytest.approx(0.12)
-    # one seed explained: the interval resamples examples only (a constant difference gives zero width)
-    one = agreement.kd_differences(per_example[per_example["seed"] == 0], n_boot=200).iloc[0]
+    con = agreement.attribution_contrasts(per_example)
+    assert con["metric"].tolist() == ["cosine"]  # metrics without values give no row
+    row = con.iloc[0]
+    # the difference is 0.10, 0.12, 0.14 in seeds 0-2 for every case: mean 0.12, and the interval is the seeds' t
+    # interval (2 df), since the case terms are zero
+    assert (row["n_cases"], row["n_seeds"], row["n_excluded"]) == (30, 3, 0) and row["diff"] == pytest.approx(0.12)
+    from scipy.stats import t as student_t
+    half = student_t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
+    assert row["ci_half_width"] == pytest.approx(half) and row["df"] == pytest.approx(2)
+    assert row["endpoint"] == "primary" and row["p_adjusted"] == pytest.approx(row["p_value"])
+    assert "raised agreement" in row["verdict"]
+    # one seed explained: the interval covers cases only (a constant difference gives zero width)
+    one = agreement.attribution_contrasts(per_example[per_example["seed"] == 0]).iloc[0]
     assert one["n_seeds"] == 1 and one["ci_low"] == pytest.approx(0.10) == one["ci_high"]
-    assert "one training run" in agreement.interval_scope(30, 1) and "2 student seeds" in agreement.interval_scope(
-        30, 2)
+    assert "one training run" in agreement.interval_scope(30, 1, 3) and "3 student seeds" in agreement.interval_scope(
+        30, 3, 3) and "3 other seeds" in agreement.interval_scope(30, 3, 3)
+
+
+def test_attribution_contrasts_cover_every_arm_against_independent_and_distilled_with_holm():
+    rng = np.random.default_rng(0)
+    frames = []
+    for arm, effect in (("independent", 0.0), ("distilled", 0.0), ("distilled_attribution", 0.2),
+                        ("distilled_hidden", 0.0)):
+        f = _attribution_frame(effect, 100, (0, 1, 2), rng)
+        frames.append(f[f["mode"] == "distilled"].assign(mode=arm))
+    con = agreement.attribution_contrasts(pd.concat(frames, ignore_index=True))
+    pairs = list(zip(con["arm"], con["against"]))
+    assert pairs == [("distilled", "independent"), ("distilled_attribution", "independent"),
+                     ("distilled_hidden", "independent"), ("distilled_attribution", "distilled"),
+                     ("distilled_hidden", "distilled")]
+    from helpers.evaluation.verdicts import holm
+    np.testing.assert_allclose(con["p_adjusted"], holm(con["p_value"].to_numpy()))
+    big = con[con["arm"] == "distilled_attribution"]
+    assert (big["ci_low"] > 0).all() and (big["p_adjusted"] < 0.05).all()
+
+
+def test_attribution_interval_covers_a_null_and_detects_a_planted_effect():
+    """The two-way interval on simulated attribution data with seed, case and noise variance (the shape of a real
+    stage-04 table): about 95% coverage of a zero effect, and a 0.1 effect found at 300 cases and 3 seeds."""
+    rng = np.random.default_rng(11)
+    cover, found = 0, 0
+    for _ in range(200):
+        con = agreement.attribution_contrasts(_attribution_frame(0.0, 300, (0, 1, 2), rng))
+        cover += con["ci_low"].iloc[0] <= 0 <= con["ci_high"].iloc[0]
+    for _ in range(40):
+        con = agreement.attribution_contrasts(_attribution_frame(0.1, 300, (0, 1, 2), rng))
+        found += con["ci_low"].iloc[0] > 0
+    assert 0.9 <= cover / 200 <= 0.99
+    assert found / 40 >= 0.8
+    # a single-seed interval ignores the seed variance: it covers the null far less often
+    narrow = 0
+    for _ in range(200):
+        con = agreement.attribution_contrasts(_attribution_frame(0.0, 300, (0,), rng, seed_sd=0.05))
+        narrow += con["ci_low"].iloc[0] <= 0 <= con["ci_high"].iloc[0]
+    assert narrow / 200 < 0.8
+
+
+def test_arm_agreement_gives_each_arm_and_the_reference_one_row_over_seeds_and_cases():
+    rng = np.random.default_rng(1)
+    f = _attribution_frame(0.1, 50, (0, 1, 2), rng)
+    ref = f[f["mode"] == "independent"].assign(mode="reference", model="T", seed=lambda d: d["seed"] + 1)
+    a = agreement.arm_agreement(pd.concat([f, ref], ignore_index=True)).set_index("mode")
+    assert list(a.index) == ["independent", "distilled", "reference"]
+    assert a.loc["distilled", "mean"] == pytest.approx(f.loc[f["mode"] == "distilled", "cosine"].mean())
+    assert (a["n_cases"] == 50).all() and (a["n_seeds"] == 3).all()
+    assert (a["ci_low"] < a["mean"]).all() and (a["mean"] < a["ci_high"]).all()
+    table = attribution_view.agreement_table(a.reset_index())
+    assert list(table.index)[0].startswith("★ T retrained (reference)")
 
 
 def test_examples_over_the_delta_threshold_are_left_out_of_every_mean_and_counted():
@@ -198,14 +270,16 @@ def test_examples_over_the_delta_threshold_are_left_out_of_every_mean_and_counte
     assert summary.loc[("distilled", "comprehensiveness_teacher"), ["mean", "n", "n_excluded"]].tolist() == [
         pytest.approx(0.2), 8, 2]
     assert summary.loc[("distilled", "comprehensiveness_own"), "n_excluded"] == 0
-    kd = agreement.kd_differences(pe, n_boot=100).set_index("metric")
-    assert kd.loc["cosine", ["diff", "n", "n_excluded"]].tolist() == [pytest.approx(0.2), 7, 3]
-    table = attribution_view.summary_table(agreement.summarise(pe, n_boot=100))
-    assert "(3 excl.)" in table.loc["S · distilled · s0", "cosine"]
-    assert table.loc["S · distilled · s0", "excluded (|delta|)"] == 3
-    assert table.loc["S · independent · s0", "excluded (|delta|)"] == 1
-    fig = attribution_view.similarity_distributions(pe, agreement.summarise(pe, n_boot=100))
-    assert "(4 example(s) left out" in fig.axes[0].get_title()  # 3 distilled + 1 independent
+    con = agreement.attribution_contrasts(pe).set_index("metric")
+    assert con.loc["cosine", ["diff", "n_cases", "n_excluded"]].tolist() == [pytest.approx(0.2), 7, 3]
+    arms = agreement.arm_agreement(pe)
+    row = arms[(arms["mode"] == "distilled") & (arms["metric"] == "cosine")].iloc[0]
+    assert (row["mean"], row["n_cases"], row["n_excluded"]) == (pytest.approx(0.7), 7, 3)
+    table = attribution_view.agreement_table(arms)
+    assert table.loc["S · distilled", "excluded (|delta|)"] == 3
+    assert table.loc["S · independent", "excluded (|delta|)"] == 1
+    fig = attribution_view.similarity_distributions(pe, arms)
+    assert "(4 value(s) left out" in fig.axes[0].get_title()  # 3 distilled + 1 independent
 
 
 def test_cache_key_follows_the_checkpoint_and_the_token_ids_not_the_case_ids(tmp_path, examples):
@@ -214,23 +288,50 @@ def test_cache_key_follows_the_checkpoint_and_the_token_ids_not_the_case_ids(tmp
     b = save_model(build_model(spec, seed=1), tmp_path / "b", spec)
     ids, mask = examples.input_ids, examples.attention_mask
     targets = torch.tensor([0, 1, 0, 1])
-    key = attribution.cache_key(a, ids, mask, targets, 8)
-    assert key == attribution.cache_key(a, ids.clone(), mask.clone(), targets, 8)
-    assert key != attribution.cache_key(b, ids, mask, targets, 8)  # other weights
+    ig = attribution.IGSettings(steps=8, max_steps=8, threshold=0.05, internal_batch_size=8)
+    key = attribution.cache_key(a, ids, mask, targets, ig)
+    assert key == attribution.cache_key(a, ids.clone(), mask.clone(), targets, ig)
+    assert key != attribution.cache_key(b, ids, mask, targets, ig)  # other weights
     other = ids.clone()
     other[0, 1] = 2000
-    assert key != attribution.cache_key(a, other, mask, targets, 8)  # other text, whatever its case id
-    assert key != attribution.cache_key(a, ids, mask, 1 - targets, 8)
-    assert key != attribution.cache_key(a, ids, mask, targets, 4)
+    assert key != attribution.cache_key(a, other, mask, targets, ig)  # other text, whatever its case id
+    assert key != attribution.cache_key(a, ids, mask, 1 - targets, ig)
+    for changed in (dict(steps=4), dict(max_steps=16), dict(threshold=0.1), dict(precision="bf16")):
+        assert key != attribution.cache_key(a, ids, mask, targets, dataclasses.replace(ig, **changed)), changed
     # explain() reuses the cache for the same checkpoint and ids, recomputes after the checkpoint changes
     model = build_model(spec, seed=0).eval()
-    kw = dict(ig_steps=4, ig_internal_batch_size=4, device=torch.device("cpu"))
+    kw = dict(ig=attribution.IGSettings(steps=4, max_steps=4, threshold=0.05, internal_batch_size=4),
+              device=torch.device("cpu"))
     first = attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw)
     again = attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw)
     assert not first.cached and again.cached
     np.testing.assert_array_equal(first.token_scores, again.token_scores)
     save_model(build_model(spec, seed=2), a, spec)  # same folder, new weights
     assert not attribution.explain(model, a, ids, mask, targets, tmp_path / "c.safetensors", **kw).cached
+
+
+def test_steps_double_only_for_cases_over_the_threshold_up_to_the_cap(examples, tmp_path):
+    spec = REGISTRY["Smoke_Teacher_2x64"]
+    ckpt = save_model(build_model(spec, seed=0), tmp_path / "t", spec)
+    model = tiny()
+    targets = torch.tensor([0, 1, 0, 1])
+    cpu = torch.device("cpu")
+    coarse = attribution.explain(model, ckpt, examples.input_ids, examples.attention_mask, targets,
+                                 tmp_path / "a.safetensors", ig=attribution.IGSettings(2, 2, 0.05, 2), device=cpu)
+    rel2 = attribution.relative_delta(coarse.delta, coarse.logit_change)
+    tol = float(np.median(rel2))  # half the cases over it at two steps
+    over = rel2 > tol
+    assert over.any() and not over.all()
+    ada = attribution.explain(model, ckpt, examples.input_ids, examples.attention_mask, targets,
+                              tmp_path / "b.safetensors", ig=attribution.IGSettings(2, 64, tol, 2), device=cpu)
+    assert (ada.steps[~over] == 2).all() and (ada.steps[over] > 2).all() and ada.steps.max() <= 64
+    rel = attribution.relative_delta(ada.delta, ada.logit_change)
+    assert ((rel <= tol) | (ada.steps == 64)).all()  # within tolerance, or stopped at the cap
+    # an example's attribution equals what a fixed-step run with its final number of steps gives
+    i = int(np.argmax(ada.steps))
+    fixed, _, _ = attribution.integrated_gradients(model, examples.input_ids[i:i + 1], examples.attention_mask[i:i + 1],
+                                                   targets[i:i + 1], int(ada.steps[i]), 2)
+    np.testing.assert_allclose(ada.token_scores[i], fixed[0], rtol=1e-4, atol=1e-6)
 
 
 def test_faithfulness_removing_the_evidence_moves_probability(examples):
@@ -277,7 +378,9 @@ def run_folder(tmp_path_factory):
                 "mode": mode, "seed": seed, "path": path, "params": 0, "non_embedding_params": 0, "shape": shape}
 
     save_model(build_model(teacher_spec, seed=0), run / "models/teacher", teacher_spec)
-    save_model(build_model(teacher_spec, seed=1), run / "models/teacher_ceiling", teacher_spec)
+    (run / "models" / "teacher_metrics.json").write_text(json.dumps({"precision": "fp32"}))
+    for seed in (1, 2):
+        save_model(build_model(teacher_spec, seed=seed), run / f"models/teacher_reference_seed{seed}", teacher_spec)
     students = []
     for k, mode in enumerate(["independent", "distilled"]):
         path = f"models/students/{student_spec.name}/{mode}/seed0"
@@ -285,13 +388,14 @@ def run_folder(tmp_path_factory):
         students.append(entry(student_spec.name, mode, 0, path, "1x32"))
     students.append(entry(student_spec.name, "distilled", 1, "models/students/missing/seed1", "1x32"))
     index = {"teacher": entry(teacher_spec.name, "teacher", 0, "models/teacher", "2x64"),
-             "teacher_ceiling": entry(teacher_spec.name, "ceiling", 1, "models/teacher_ceiling", "2x64"),
+             "teacher_references": [entry(teacher_spec.name, "reference", seed, f"models/teacher_reference_seed{seed}",
+                                          "2x64") for seed in (1, 2)],
              "teacher_collapsed": False, "students": students}
     (run / "models" / "models.json").write_text(json.dumps(index))
     return run
 
 
-STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_internal_batch_size=8,
+STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_max_steps=16, ig_internal_batch_size=8,
                   ig_delta_threshold=0.05, topk=5, attribution_seeds=[0, 1], aggregate_words=False,
                   faithfulness_replacement="pad", bootstrap_n=200)
 
@@ -299,8 +403,9 @@ STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_intern
 def test_stage_writes_every_documented_file(run_folder, capsys):
     res = attribution_stage.run_attribution_stage(attribution_params(run_folder, **STAGE_ARGS))
     out = run_folder / "attributions"
-    for name in ["per_example.csv", "summary.csv", "kd_diff.csv", "timing.csv", "examples.csv", "examples.html",
-                 "cache/teacher.safetensors", "cache/teacher_ceiling.safetensors"]:
+    for name in ["per_example.csv", "summary.csv", "agreement.csv", "contrasts.csv", "timing.csv", "examples.csv",
+                 "examples.html", "cache/teacher.safetensors", "cache/teacher_reference__seed1.safetensors",
+                 "cache/teacher_reference__seed2.safetensors"]:
         assert (out / name).is_file(), name
     assert "skipping" in capsys.readouterr().out  # the seed-1 student without a checkpoint
     examples = pd.read_csv(out / "examples.csv")
@@ -316,32 +421,42 @@ def test_stage_writes_every_documented_file(run_folder, capsys):
     np.testing.assert_allclose(per.loc[same, "comprehensiveness_own"], per.loc[same, "comprehensiveness_teacher"])
     assert (~same).any(), "the random tiny students should disagree with the teacher somewhere"
     assert (per.loc[~same, "comprehensiveness_own"] != per.loc[~same, "comprehensiveness_teacher"]).all()
-    assert sorted(per["mode"].unique()) == ["ceiling", "distilled", "independent", "teacher"]
-    assert len(per) == 4 * 6 and per.loc[per["mode"] != "teacher", "cosine"].notna().all()
+    assert sorted(per["mode"].unique()) == ["distilled", "independent", "reference", "teacher"]
+    assert len(per) == 5 * 6 and per.loc[per["mode"] != "teacher", "cosine"].notna().all()
+    assert per["ig_steps"].between(8, 16).all()
+    assert per[agreement.RANDOM_METRICS].notna().all().all()
     assert per["rationale_recall"].notna().any()
     summary = pd.read_csv(out / "summary.csv")
     assert set(agreement.SUMMARY_COLUMNS) == set(summary.columns)
-    ceiling = summary[(summary["mode"] == "ceiling") & (summary["metric"] == "cosine")]
-    assert ceiling["model"].tolist() == ["Smoke_Teacher_2x64"]
+    reference = summary[(summary["mode"] == "reference") & (summary["metric"] == "cosine")]
+    assert reference["model"].tolist() == ["Smoke_Teacher_2x64"] * 2 and reference["seed"].tolist() == [1, 2]
+    arms = pd.read_csv(out / "agreement.csv")
+    ref = arms[(arms["mode"] == "reference") & (arms["metric"] == "cosine")].iloc[0]
+    assert ref["n_seeds"] == 2 and ref["n_cases"] + ref["n_excluded"] == 6
+    assert {"comprehensiveness_random", "sufficiency_random"} <= set(arms["metric"])
     assert {"comprehensiveness_own", "sufficiency_own", "comprehensiveness_teacher", "sufficiency_teacher"} <= set(
         summary.loc[summary["mode"] == "teacher", "metric"])
     assert "one training run" in res["scope"]  # attribution_seeds [0, 1] but only seed 0 has checkpoints
     assert (summary["ci_low"] <= summary["mean"] + 1e-12).all()
     assert (summary["mean"] <= summary["ci_high"] + 1e-12).all()
     assert ((summary["mode"] == "baseline") & (summary["metric"] == "rationale_recall")).any()
-    kd = pd.read_csv(out / "kd_diff.csv")
-    assert set(kd["metric"]) >= {"cosine", "spearman", "topk_jaccard", "sign_agreement"}
+    con = pd.read_csv(out / "contrasts.csv")
+    assert set(con["metric"]) >= {"cosine", "spearman", "topk_jaccard", "sign_agreement"}
+    assert con[["arm", "against"]].drop_duplicates().values.tolist() == [["distilled", "independent"]]
     timing = pd.read_csv(out / "timing.csv")
-    assert {"model", "mode", "seed", "n_examples", "seconds", "seconds_per_example"} <= set(timing.columns)
-    assert len(timing) == 4 and not timing["cached"].any()
+    assert {"model", "mode", "seed", "n_examples", "seconds", "seconds_per_example", "mean_ig_steps",
+            "precision"} <= set(timing.columns)
+    assert len(timing) == 5 and not timing["cached"].any() and (timing["precision"] == "fp32").all()
     assert "<script>" not in (out / "examples.html").read_text()
     pd.testing.assert_frame_equal(res["summary"], summary, check_dtype=False)  # what the stage returns is on disk
-    figs = [attribution_view.agreement_heatmap(res["summary"], run_folder),
-            attribution_view.similarity_distributions(res["per_example"], res["summary"], run_folder),
-            attribution_view.kd_diff_plot(res["kd_diff"], run_dir=run_folder),
-            attribution_view.faithfulness_plot(res["summary"], run_folder)]
+    figs = [attribution_view.agreement_heatmap(res["agreement"], run_folder),
+            attribution_view.similarity_distributions(res["per_example"], res["agreement"], run_folder),
+            attribution_view.contrast_plot(res["contrasts"], run_dir=run_folder),
+            attribution_view.faithfulness_plot(res["agreement"], res["summary"], run_folder)]
     assert all(f.axes for f in figs)
-    for name in ["04_agreement_heatmap", "04_similarity_distributions", "04_kd_attribution_diff", "04_faithfulness"]:
+    assert len(attribution_view.contrast_table(res["contrasts"])) == 1
+    for name in ["04_agreement_heatmap", "04_similarity_distributions", "04_attribution_contrasts",
+                 "04_faithfulness"]:
         assert (run_folder / "figures" / f"{name}.png").is_file()
 
 
@@ -359,23 +474,23 @@ def test_rerun_reuses_every_cached_attribution(run_folder, monkeypatch):
     res = attribution_stage.run_attribution_stage(attribution_params(run_folder, **dict(STAGE_ARGS, ig_steps=4)))
     per = res["per_example"]
     differ = per[per["own_pred"] != per["teacher_pred"]].groupby(["model", "mode", "seed"]).ngroups
-    assert len(calls) == 4 + differ and not res["timing"]["cached"].any()
+    assert len(calls) >= 5 + differ and not res["timing"]["cached"].any()
 
 
-def test_stage_without_rationales_ceiling_or_distilled_students(run_folder, tmp_path):
+def test_stage_without_rationales_or_distilled_students(run_folder, tmp_path):
     import shutil
 
     run = tmp_path / "real"
     shutil.copytree(run_folder, run, ignore=shutil.ignore_patterns("attributions", "figures"))
     (run / "data" / "rationales.jsonl").unlink()
-    shutil.rmtree(run / "models" / "teacher_ceiling")
     shutil.rmtree(run / "models" / "students" / "Smoke_Tiny_1x32" / "distilled")
     params = attribution_params(run, **dict(STAGE_ARGS, faithfulness_replacement="mask"))
     res = attribution_stage.run_attribution_stage(params)
     assert res["per_example"]["rationale_recall"].isna().all()
     assert "rationale_recall" not in set(res["summary"]["metric"])
-    assert set(res["summary"]["mode"]) == {"teacher", "independent"} and res["kd_diff"].empty
-    attribution_view.agreement_heatmap(res["summary"])
-    attribution_view.similarity_distributions(res["per_example"], res["summary"])
-    attribution_view.kd_diff_plot(res["kd_diff"])
-    attribution_view.faithfulness_plot(res["summary"])
+    assert set(res["summary"]["mode"]) == {"teacher", "reference", "independent"} and res["contrasts"].empty
+    attribution_view.agreement_heatmap(res["agreement"])
+    attribution_view.similarity_distributions(res["per_example"], res["agreement"])
+    attribution_view.contrast_plot(res["contrasts"])
+    assert attribution_view.contrast_table(res["contrasts"]).empty
+    attribution_view.faithfulness_plot(res["agreement"], res["summary"])

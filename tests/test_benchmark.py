@@ -66,7 +66,8 @@ def fake_run(tmp_path_factory) -> Path:
             students.append({"name": student_spec.name, "role": "student", "mode": mode, "seed": seed, "path": rel,
                              "params": total, "non_embedding_params": non_emb, "shape": student_spec.shape})
     (run / "models" / "models.json").write_text(json.dumps(
-        {"teacher": entry, "teacher_ceiling": {**entry, "mode": "ceiling", "seed": 1}, "teacher_collapsed": False,
+        {"teacher": entry, "teacher_references": [{**entry, "mode": "reference", "seed": 1}],
+         "teacher_collapsed": False,
          "students": students}))
     assert path.is_dir()
     data = run / "data"

@@ -1,7 +1,7 @@
 """`launcher: accelerate`: stages 02 and 03 run data-parallel in two CPU processes (gloo) give the files and, within
 float rounding, the results of in-process training.
 
-Covers, on the smoke profile's data and models: the teacher and ceiling teacher (stage 02, two epochs) and one
+Covers, on the smoke profile's data and models: the teacher and a reference teacher (stage 02, two epochs) and one
 student (Smoke_Half_1x64) in the independent and distilled arms, one seed, one learning rate (stage 03): four
 launches of two processes each. Dropout is switched off (the models start from dropout-free copies passed as
 `model_overrides`) and precision is fp32, so the two paths differ only in the order floats are summed (each process
@@ -46,7 +46,8 @@ def _dropout_free(name: str, folder: Path) -> str:
 def _pipeline(run_dir: Path, overrides: dict[str, str], **launch) -> None:
     p = resolve("smoke")
     run_teacher_stage(teacher_params(run_dir, teacher=TEACHER, teacher_epochs=2, teacher_lr=p["teacher_lr"],
-                                     teacher_seed=0, ceiling_seed=1, batch_size=p["batch_size"], max_len=p["max_len"],
+                                     teacher_seed=0, reference_seeds=[1], batch_size=p["batch_size"],
+                                     max_len=p["max_len"],
                                      precision="fp32", model_overrides=overrides, threads=1, **launch), progress=False)
     run_student_stage(student_params(run_dir, students=[STUDENT], arms=["independent", "distilled"], seeds=[0],
                                      student_max_steps=p["student_max_steps"], eval_every=p["eval_every"],
@@ -91,7 +92,7 @@ def test_two_cpu_processes_give_the_files_and_results_of_one(runs, capsys):
     # (a student's tuning seeds train as learning-rate trials, moved into place once their arm's rate is chosen)
     specs = ["launch/students/.trials/Smoke_Half_1x64-distilled-seed0-lr0.002.json",
              "launch/students/.trials/Smoke_Half_1x64-independent-seed0-lr0.002.json", "launch/teacher.json",
-             "launch/teacher_ceiling.json"]
+             "launch/teacher_reference_seed1.json"]
     assert _files(two) == sorted(_files(one) + specs)
     spec = json.loads((two / specs[0]).read_text())
     assert spec["kind"] == "student" and spec["settings"]["processes"] == 2 and spec["job"]["arm"] == "distilled"
@@ -101,7 +102,7 @@ def test_two_cpu_processes_give_the_files_and_results_of_one(runs, capsys):
     runs_1, runs_2 = (pd.read_csv(d / "models/student_runs.csv") for d in (one, two))
     for col in ("model", "mode", "seed", "lr", "precision", "steps", "best_step", "train_examples", "batch_digest"):
         assert list(runs_2[col]) == list(runs_1[col]), col
-    for d in ("teacher", "teacher_ceiling", "students/Smoke_Half_1x64/distilled/seed0"):
+    for d in ("teacher", "teacher_reference_seed1", "students/Smoke_Half_1x64/distilled/seed0"):
         h1, h2 = (pd.read_csv(r / "models" / d / "history.csv") for r in (one, two))
         assert list(h2.columns) == list(h1.columns) and list(h2["step"]) == list(h1["step"])
         assert list(h2["best"]) == list(h1["best"]), d

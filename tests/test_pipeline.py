@@ -25,12 +25,13 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
     # both smoke students in 7 arms (4 logit arms, 3 beyond-logit arms), 2 seeds; the chain: Half (the larger) is
     # its first link (its distilled runs), so only Tiny gets chain runs
     assert len(students) == (7 + 7) * 2 + 2
-    for e in [index["teacher"], index["teacher_ceiling"], *students]:
+    assert [e["seed"] for e in index["teacher_references"]] == [1, 2]
+    for e in [index["teacher"], *index["teacher_references"], *students]:
         assert (r / e["path"] / "model.safetensors").is_file()
         assert not list((r / e["path"]).glob("*.bin")) and not list((r / e["path"]).glob("*.pt"))
     assert len(list((r / "models" / "teacher_logits").glob("*.safetensors"))) == 1
     metrics = pd.read_csv(r / "models" / "metrics.csv")
-    assert set(metrics["mode"]) == {"teacher", "ceiling", "independent", "distilled", "distilled_transfer",
+    assert set(metrics["mode"]) == {"teacher", "reference", "independent", "distilled", "distilled_transfer",
                                     "pseudo_label_transfer", "chain", "distilled_hidden", "distilled_attention",
                                     "distilled_attribution"}
     gain = pd.read_csv(r / "models" / "kd_gain.csv", keep_default_na=False, na_values=[""])
@@ -66,7 +67,11 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
         assert set(g["lr"]) == {chosen[(model, mode)]}, (model, mode)  # every seed trains at its arm's rate
     assert (r / "data" / "transfer.csv").is_file() and (r / "data" / "vocab.json").is_file()
     summary = pd.read_csv(r / "attributions" / "summary.csv")
-    assert "ceiling" in set(summary["mode"])
+    assert "reference" in set(summary["mode"])
+    contrasts = pd.read_csv(r / "attributions" / "contrasts.csv")
+    # every arm against independent, and every arm but distilled against distilled, for both students
+    tiny = contrasts[(contrasts["model"] == "Smoke_Tiny_1x32") & (contrasts["metric"] == "cosine")]
+    assert len(tiny) == 7 + 6 and set(tiny["endpoint"]) == {"primary"}
     assert (r / "summary.json").is_file() and (r / "report.html").is_file()
     entries = json.loads((r / "summary.json").read_text())["models"]
     chain_entries = [e for e in entries if e["mode"] == "chain"]

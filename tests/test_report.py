@@ -53,17 +53,20 @@ def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = 
                                            for s in ("val", "test")}}}
     (root / "data" / "data_card.json").write_text(json.dumps(card))
     teacher = _entry("T", "teacher", "teacher", 0, "models/teacher", 20_000_000)
-    ceiling = _entry("T", "teacher", "ceiling", 1, "models/teacher_ceiling", 20_000_000)
+    reference = _entry("T", "teacher", "reference", 1, "models/teacher_reference_seed1", 20_000_000)
     test = {"accuracy": teacher_acc, "macro_f1": teacher_acc - 0.02, "roc_auc": 0.85, "ece": 0.05,
             "positive_rate": 0.6}
     (root / "models" / "teacher_metrics.json").write_text(json.dumps({
-        "teacher": teacher, "ceiling": ceiling, "test": test, "val": test, "precision": "bf16",
+        "teacher": teacher, "references": [reference], "test": test, "val": test, "precision": "bf16",
         "majority_val_accuracy": 0.6,
-        "ceiling_test": {"accuracy": 0.79, "macro_f1": 0.77, "roc_auc": 0.84, "agreement": 0.95, "kl_to_teacher": 0.02},
+        "reference_test": {"accuracy": 0.79, "macro_f1": 0.77, "roc_auc": 0.84, "agreement": 0.95,
+                           "kl_to_teacher": 0.02},
+        "reference_test_per_seed": [{"seed": 1, "accuracy": 0.79, "macro_f1": 0.77, "roc_auc": 0.84,
+                                     "agreement": 0.95, "kl_to_teacher": 0.02}],
         "collapsed": collapsed, "majority_rate": 0.6, "majority_test_accuracy": 0.6, "tfidf_test_accuracy": 0.7,
         "margin_over_tfidf": teacher_acc - 0.7, "margin_over_majority": teacher_acc - 0.6}))
     entries, rows, gains, bench = [], [_metric_row("T", "teacher", "teacher", 0, teacher_acc, 20_000_000),
-                                       _metric_row("T", "teacher", "ceiling", 1, 0.79, 20_000_000)], [], []
+                                       _metric_row("T", "teacher", "reference", 1, 0.79, 20_000_000)], [], []
     bench.append({"model": "T", "mode": "teacher", "seed": 0, "size_mb": 80.0, "latency_ms_b1": 10.0,
                   "latency_ms_b32": 100.0, "speedup_vs_teacher_b32": 1.0})
     for i, (name, (params, ind, dist)) in enumerate(students.items()):
@@ -83,7 +86,7 @@ def make_run(root: Path, students: dict[str, tuple[int, float, float]] | None = 
                       "ci_low": lo, "ci_high": hi, "se": 0.01, "p_value": p, "seed_sd": 0.01,
                       "meaningful": not collapsed, "did_not_learn": "", "p_adjusted": p, "ci_half_width": 0.03,
                       "verdict": verdict(dist - ind, lo, hi, not collapsed, "accuracy", p_adjusted=p)})
-    (root / "models" / "models.json").write_text(json.dumps({"teacher": teacher, "teacher_ceiling": ceiling,
+    (root / "models" / "models.json").write_text(json.dumps({"teacher": teacher, "teacher_references": [reference],
                                                               "teacher_collapsed": collapsed, "students": entries}))
     pd.DataFrame(rows).to_csv(root / "models" / "metrics.csv", index=False)
     pd.DataFrame(gains).to_csv(root / "models" / "kd_gain.csv", index=False)

@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     stages_data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN))
     run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
-                                     teacher_seed=0, ceiling_seed=1, batch_size=16, max_len=MAX_LEN,
+                                     teacher_seed=0, reference_seeds=[1], batch_size=16, max_len=MAX_LEN,
                                      precision="fp32"), progress=False)
     return run_dir
 
@@ -55,7 +55,7 @@ def test_the_transfer_curve_trains_in_the_stage_and_only_reports(tmp_path):
     stages_data.prepare(data_params(run_dir, synthetic_n=300, synthetic_seed=5, max_len=MAX_LEN,
                                     synthetic_transfer_n=150))
     run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
-                                     teacher_seed=0, ceiling_seed=1, batch_size=16, max_len=MAX_LEN,
+                                     teacher_seed=0, reference_seeds=[1], batch_size=16, max_len=MAX_LEN,
                                      precision="fp32"), progress=False)
     common = dict(students=["Smoke_Tiny_1x32"], arms=["independent", "distilled", "distilled_transfer"], seeds=[0, 1],
                   student_max_steps=12, eval_every=6, patience=0, student_lr_grid=[2e-3], student_lr_grid_warm=[2e-3],
@@ -150,7 +150,7 @@ def test_link_logits_are_computed_once(tiny_run, monkeypatch):
     settings = {"max_len": MAX_LEN, "device": "cpu", "teacher_mode": "cached", "trim_vocab": False,
                 "transfer_n": 0, "precision": "fp32"}
     shared = stage.load_shared(tiny_run, settings)
-    link = tiny_run / "models" / "teacher_ceiling"  # any checkpoint can be a link's teacher
+    link = tiny_run / "models" / "teacher_reference_seed1"  # any checkpoint can be a link's teacher
     first = stage.cache_link_logits(shared, link)
 
     def no_model(*args, **kwargs):
@@ -183,7 +183,7 @@ def test_the_teacher_stops_after_teacher_patience_epochs_without_improvement(tmp
     monkeypatch.setattr(teacher_stage, "train", after_a_little)
     run_dir = tmp_path / "run"
     stages_data.prepare(data_params(run_dir, synthetic_n=200, synthetic_seed=5, max_len=MAX_LEN))
-    common = dict(teacher="Smoke_Teacher_2x64", teacher_epochs=8, teacher_lr=1e-12, teacher_seed=0, ceiling_seed=1,
+    common = dict(teacher="Smoke_Teacher_2x64", teacher_epochs=8, teacher_lr=1e-12, teacher_seed=0, reference_seeds=[1],
                   batch_size=16, max_len=MAX_LEN, precision="fp32")
     run_teacher_stage(teacher_params(run_dir, teacher_patience=1, **common), progress=False)
     history = pd.read_csv(run_dir / "models" / "teacher" / "history.csv")

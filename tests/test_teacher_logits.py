@@ -63,7 +63,8 @@ def test_a_second_teacher_stage_in_one_process_scores_its_own_checkpoint(tmp_pat
     seen = []
     for seed in (0, 3):
         run_teacher_stage(teacher_params(run_dir, teacher="Smoke_Teacher_2x64", teacher_epochs=1, teacher_lr=1e-3,
-                                         teacher_seed=seed, ceiling_seed=1, batch_size=16, max_len=32, precision="fp32",
+                                         teacher_seed=seed, reference_seeds=[1], batch_size=16, max_len=32,
+                                         precision="fp32",
                                          workers=1), progress=False)
         cases = load_cases(run_dir)
         cached = load_teacher_logits(run_dir, cases, 32)["test"]

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from helpers.evaluation.verdicts import decided_sign, holm, per_case_interval
 from helpers.training.loop import predict_logits
 
 AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
@@ -20,12 +21,17 @@ AGREEMENT_METRICS = ["cosine", "spearman", "topk_jaccard", "sign_agreement"]
 # every model explains in the agreement metrics). Rationale recall ranks units by |score| for the teacher's class.
 FAITHFULNESS_METRICS = ["comprehensiveness_own", "sufficiency_own", "comprehensiveness_teacher",
                         "sufficiency_teacher", "rationale_recall"]
+# The same removal for the teacher's class with the units ranked at random (one seeded permutation per case and
+# model): the floor each model's comprehensiveness and sufficiency are judged against.
+RANDOM_METRICS = ["comprehensiveness_random", "sufficiency_random"]
+PRIMARY_ATTRIBUTION_METRIC = "cosine"  # the attribution family: cosine agreement, every contrast, Holm-adjusted
+TEACHER_MODES = ("teacher", "reference")  # the teacher and the teacher retrained with other seeds
 # Which convergence-delta flags rule a per-example value out of the means (the raw value stays in per_example.csv):
 # agreement compares the model's teacher-class attributions with the teacher's, so both must be sound.
 EXCLUDED_BY = {**dict.fromkeys(AGREEMENT_METRICS, ("flagged", "teacher_flagged")),
                "comprehensiveness_own": ("flagged_own",), "sufficiency_own": ("flagged_own",),
                "comprehensiveness_teacher": ("flagged",), "sufficiency_teacher": ("flagged",),
-               "rationale_recall": ("flagged",)}
+               "rationale_recall": ("flagged",), "comprehensiveness_random": (), "sufficiency_random": ()}
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # Sign agreement ignores units below this share of the example's largest |score| in both vectors: near-zero
 # scores flip sign on numerical noise and would otherwise dominate long, mostly irrelevant texts.
@@ -120,7 +126,7 @@ def random_recall(n_units: int, n_cues: int, k: int) -> float:
 @torch.no_grad()
 def faithfulness(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, units: list[list[list[int]]],
                  scores: list[np.ndarray], targets: torch.Tensor, replacement_id: int,
-                 fractions=FRACTIONS, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                 fractions=FRACTIONS, batch_size: int = 64, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-example (comprehensiveness, sufficiency): AOPC of the explained class's probability drop when the
     top fractions of units (ranked by signed score, i.e. evidence for that class) are replaced / kept alone.
 
@@ -141,18 +147,20 @@ def faithfulness(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, u
                 target[positions] = replacement_id
             variants += [removed, kept]
             owners.append(i)
-    full_p = _class_prob(model, input_ids, attention_mask, targets, batch_size)
+    full_p = _class_prob(model, input_ids, attention_mask, targets, batch_size, precision)
     ids = torch.stack(variants)
     masks = attention_mask[torch.tensor(owners, device=device).repeat_interleave(2)]
     tgt = targets[torch.tensor(owners, device=device).repeat_interleave(2)]
-    probs = _class_prob(model, ids, masks, tgt, batch_size).reshape(len(units), len(fractions), 2)
+    probs = _class_prob(model, ids, masks, tgt, batch_size, precision).reshape(len(units), len(fractions), 2)
     drop = full_p[:, None, None] - probs
     return drop[:, :, 0].mean(axis=1), drop[:, :, 1].mean(axis=1)
 
 
-def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, batch_size: int) -> np.ndarray:
+def _class_prob(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                precision: str = "fp32") -> np.ndarray:
     """Probability of each example's target class."""
-    logits = predict_logits(model, {"input_ids": ids, "attention_mask": mask}, batch_size, device=ids.device)
+    logits = predict_logits(model, {"input_ids": ids, "attention_mask": mask}, batch_size, device=ids.device,
+                            precision=precision)
     p = torch.softmax(torch.from_numpy(logits), dim=-1)
     return p.gather(1, targets.cpu()[:, None])[:, 0].numpy()
 
@@ -167,46 +175,12 @@ def excluded(per_example: pd.DataFrame, metric: str) -> pd.Series:
     return out
 
 
-def bootstrap_examples_seeds(table: np.ndarray, n_boot: int, seed: int = 0,
-                             level: float = 0.95) -> tuple[float, float, float, int]:
-    """(mean, ci_low, ci_high, n) of a [examples x seeds] table (NaN = missing or excluded): each resample draws
-    seeds and examples with replacement, so the interval covers both sources of variation (with one seed: examples).
-    """
-    x = np.asarray(table, dtype=float).reshape(len(table), -1)
-    n = int((~np.isnan(x)).sum())
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    rng = np.random.default_rng(seed)
-    n_ex, n_seeds = x.shape
-    means = []
-    for _ in range(n_boot):
-        sub = x[np.ix_(rng.integers(0, n_ex, n_ex), rng.integers(0, n_seeds, n_seeds))]
-        if (~np.isnan(sub)).any():
-            means.append(np.nanmean(sub))
-    if not means:
-        means = [np.nanmean(x)]
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(np.nanmean(x)), float(lo), float(hi), n
-
-
-def interval_scope(n_examples: int, n_seeds: int) -> str:
-    """What an attribution interval covers, from the numbers of examples and student seeds actually explained."""
-    if n_seeds <= 1:
-        return (f"Attribution intervals resample the {n_examples} explained test cases of one training run per "
-                f"student and arm (one seed explained): they say how precisely that run was measured, not how much "
-                f"a retrained student would differ (pass more attribution_seeds for that).")
-    return (f"Attribution intervals of the distilled - independent differences and of the report's cosine resample "
-            f"the {n_examples} explained test cases and the {n_seeds} student seeds explained (each seed a "
-            f"separate training run); each per-seed row of the agreement table covers one run.")
-
-
 def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
     """Mean and bootstrap 95% CI over examples, per model x mode x seed (one training run) and metric; examples
     excluded for their convergence delta are left out and counted in `n_excluded`."""
     rows = []
     for (model, mode, s), g in per_example.groupby(["model", "mode", "seed"], sort=False):
-        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS + RANDOM_METRICS:
             if metric not in g.columns:
                 continue
             has = g[metric].notna()
@@ -219,31 +193,111 @@ def summarise(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataF
 
 
 SUMMARY_COLUMNS = ["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded"]
-KD_DIFF_COLUMNS = ["model", "metric", "diff", "ci_low", "ci_high", "n", "n_seeds", "n_excluded"]
+AGREEMENT_COLUMNS = ["model", "mode", "metric", "mean", "ci_low", "ci_high", "ci_half_width", "se", "df", "seed_sd",
+                     "n_cases", "n_seeds", "n_excluded"]
+CONTRAST_COLUMNS = ["model", "arm", "against", "metric", "diff", "ci_low", "ci_high", "ci_half_width", "se", "df",
+                    "p_value", "seed_sd", "n_cases", "n_seeds", "n_excluded", "endpoint", "p_adjusted", "verdict"]
 
 
-def kd_differences(per_example: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
-    """Paired distilled - independent difference per student and metric: one value per example and seed (same
-    example, same seed), bootstrapped over examples and seeds; pairs with an excluded member are left out and
-    counted in `n_excluded`."""
+def _case_table(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """[case id x seed] values of `metric` in one model x mode's rows, excluded values (EXCLUDED_BY) as NaN."""
+    kept = g[metric].where(~excluded(g, metric))
+    return kept.groupby([g["id"], g["seed"]]).mean().unstack("seed")
+
+
+def _interval_row(table: pd.DataFrame) -> dict | None:
+    """per_case_interval over the cases complete in every seed of `table` [case x seed] (None under 2 cases)."""
+    complete = table.dropna()
+    if len(complete) < 2:
+        return None
+    st = per_case_interval(complete.to_numpy().T)
+    return {"mean": st["diff"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
+            "ci_half_width": (st["ci_high"] - st["ci_low"]) / 2, "se": st["se"], "df": st["df"],
+            "p_value": st["p_value"], "seed_sd": st["seed_sd"], "n_cases": len(complete),
+            "n_seeds": int(table.shape[1]), "n_excluded": int(len(table) - len(complete))}
+
+
+def arm_agreement(per_example: pd.DataFrame) -> pd.DataFrame:
+    """Per model x mode (every student arm, the reference teachers, the teacher for faithfulness) and metric: the
+    mean over its explained seeds and cases with the two-way interval of the accuracy verdicts (seeds and cases
+    crossed random factors; evaluation.verdicts.per_case_interval). A case excluded (|convergence delta|) or missing
+    in any seed leaves the table and is counted in `n_excluded`."""
     rows = []
-    students = per_example[per_example["mode"].isin(["independent", "distilled"])]
+    for (model, mode), g in per_example.groupby(["model", "mode"], sort=False):
+        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS + RANDOM_METRICS:
+            if metric not in g.columns or g[metric].isna().all():
+                continue
+            row = _interval_row(_case_table(g, metric))
+            if row is not None:
+                rows.append({"model": model, "mode": mode, "metric": metric, **row})
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def contrast_pairs(arms: list[str]) -> list[tuple[str, str]]:
+    """(against, arm) pairs of one student: every arm against independent, and every arm but independent and
+    distilled against distilled (what the arm adds beyond the logits)."""
+    pairs = [("independent", a) for a in arms if a != "independent" and "independent" in arms]
+    return pairs + [("distilled", a) for a in arms if a not in ("independent", "distilled") and "distilled" in arms]
+
+
+def attribution_contrasts(per_example: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per student, contrast (contrast_pairs) and metric: the paired difference arm - against, one value per case and
+    seed (same case, same seed), with the two-way interval of the accuracy verdicts. The attribution family is
+    cosine agreement over every contrast: Holm adjusts those rows (`endpoint` primary); every other metric is
+    secondary, read from its unadjusted interval. Cases excluded in either arm or any seed are counted in
+    `n_excluded`."""
+    rows = []
+    students = per_example[~per_example["mode"].isin(TEACHER_MODES)]
     for model, g in students.groupby("model", sort=False):
-        for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
-            if metric not in g.columns:
-                continue
-            kept = g[metric].where(~excluded(g, metric))
-            raw = g.pivot_table(index=["id", "seed"], columns="mode", values=metric, aggfunc="mean")
-            clean = g.assign(_v=kept).pivot_table(index=["id", "seed"], columns="mode", values="_v", aggfunc="mean",
-                                                  dropna=False)
-            if not {"independent", "distilled"} <= set(raw.columns):
-                continue
-            raw_diff = (raw["distilled"] - raw["independent"]).dropna()
-            diff = (clean["distilled"] - clean["independent"]).reindex(raw_diff.index)
-            if raw_diff.empty:
-                continue
-            table = diff.unstack("seed")
-            mean, lo, hi, n = bootstrap_examples_seeds(table.to_numpy(), n_boot, seed)
-            rows.append({"model": model, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi, "n": n,
-                         "n_seeds": int(table.shape[1]), "n_excluded": int(diff.isna().sum())})
-    return pd.DataFrame(rows, columns=KD_DIFF_COLUMNS)
+        arms = list(dict.fromkeys(g["mode"]))
+        for against, arm in contrast_pairs(arms):
+            for metric in AGREEMENT_METRICS + FAITHFULNESS_METRICS:
+                if metric not in g.columns or g[metric].isna().all():
+                    continue
+                ta, tb = _case_table(g[g["mode"] == against], metric), _case_table(g[g["mode"] == arm], metric)
+                seeds = sorted(set(ta.columns) & set(tb.columns))
+                ids = ta.index.intersection(tb.index)
+                row = _interval_row(tb.loc[ids, seeds] - ta.loc[ids, seeds]) if seeds else None
+                if row is not None:
+                    row["diff"] = row.pop("mean")
+                    rows.append({"model": model, "arm": arm, "against": against, "metric": metric, **row})
+    table = pd.DataFrame(rows, columns=CONTRAST_COLUMNS[:-3])
+    primary = table["metric"] == PRIMARY_ATTRIBUTION_METRIC
+    table["endpoint"] = np.where(primary, "primary", "secondary")
+    table["p_adjusted"] = np.nan
+    usable = table[primary & table["p_value"].notna()]
+    table.loc[usable.index, "p_adjusted"] = holm(usable["p_value"].to_numpy())
+    table["verdict"] = [attribution_verdict(r.metric, r.arm, r.against, r.diff, r.ci_low, r.ci_high,
+                                            None if np.isnan(r.p_adjusted) else r.p_adjusted)
+                        for r in table.itertuples()]
+    return table[CONTRAST_COLUMNS]
+
+
+def attribution_verdict(metric: str, arm: str, against: str, diff: float, ci_low: float, ci_high: float,
+                        p_adjusted: float | None) -> str:
+    """One line: did the arm change `metric` against `against`, with the interval (and Holm p for the family)."""
+    span = f"{diff:+.3f} (95% CI {ci_low:+.3f} to {ci_high:+.3f}"
+    span += f", Holm-adjusted p = {p_adjusted:.3g})" if p_adjusted is not None else ")"
+    sign = decided_sign(ci_low, ci_high, p_adjusted)
+    what = "agreement with the teacher" if metric in AGREEMENT_METRICS else metric.replace("_", " ")
+    head = f"{arm} vs {against}"
+    if p_adjusted is None:
+        head = f"secondary, unadjusted: {head}"
+    if sign:
+        return f"{head}: {'raised' if sign > 0 else 'lowered'} {what}: {metric} {span}"
+    if ci_low > 0 or ci_high < 0:
+        return f"{head}: no evidence after adjusting for multiple comparisons: {metric} {span}"
+    return f"{head}: no evidence of a difference in {what}: {metric} {span}"
+
+
+def interval_scope(n_cases: int, n_seeds: int, n_references: int) -> str:
+    """What the attribution intervals cover, from the numbers of cases, student seeds and reference teachers."""
+    ref = (f"The reference is the teacher retrained with {n_references} other seed{'s' if n_references != 1 else ''}"
+           f" and explained on the same cases.")
+    if n_seeds <= 1:
+        return (f"Attribution intervals cover the {n_cases} explained test cases of one training run per student and "
+                f"arm (one seed explained): they say how precisely that run was measured, not how much a retrained "
+                f"student would differ (pass more attribution_seeds for that). {ref}")
+    return (f"Attribution intervals treat the {n_cases} explained test cases and the {n_seeds} student seeds as "
+            f"crossed random factors, the same two-way interval as the accuracy verdicts (each seed a separate "
+            f"training run); the attribution family (cosine, every contrast) is Holm-adjusted. {ref}")

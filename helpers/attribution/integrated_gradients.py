@@ -48,8 +48,26 @@ class Explanation:
     token_scores: np.ndarray  # [n, L] attribution summed over the hidden dimension, before normalisation
     delta: np.ndarray  # [n] captum convergence delta: sum of attributions - (f(x) - f(baseline))
     logit_change: np.ndarray  # [n] f(x) - f(baseline) for the explained class
+    steps: np.ndarray  # [n] the IG steps each example's attribution took (adaptive: explain)
     seconds: float
     cached: bool
+
+
+@dataclass(frozen=True)
+class IGSettings:
+    """How every model is explained: steps start at `steps` and double for the examples whose relative convergence
+    delta exceeds `threshold`, up to `max_steps`; forward and backward passes under `precision` (the run's)."""
+
+    steps: int
+    max_steps: int
+    threshold: float
+    internal_batch_size: int
+    precision: str = "fp32"
+
+
+def relative_delta(delta: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """|convergence delta| relative to the logit change it explains, never divided by a change under DELTA_FLOOR."""
+    return np.abs(np.asarray(delta, dtype=float)) / np.maximum(np.abs(np.asarray(change, dtype=float)), DELTA_FLOOR)
 
 
 def select_examples(test: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -100,12 +118,14 @@ def baseline_ids(input_ids: torch.Tensor) -> torch.Tensor:
 
 def integrated_gradients(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
                          n_steps: int, internal_batch_size: int, batch_examples: int = 8,
-                         max_batch_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         max_batch_tokens: int = 16384,
+                         precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(token attributions [n, L] summed over hidden, convergence delta [n], f(x) - f(baseline) [n]).
 
     Examples are sorted by length and explained up to `batch_examples` at a time (fewer when a forward pass
     would exceed `max_batch_tokens`), each batch cut to its longest example; `internal_batch_size` is the
-    number of IG steps per forward pass per example.
+    number of IG steps per forward pass per example. `precision` bf16 runs the passes under bf16 autocast (the
+    results come back in float32; the convergence delta says what the lower precision costs).
     """
     model.eval()
 
@@ -122,15 +142,15 @@ def integrated_gradients(model, input_ids: torch.Tensor, attention_mask: torch.T
         cut = int(lengths[idx].max())
         ids, mask, tgt = input_ids[idx, :cut], attention_mask[idx, :cut], targets[idx]
         base = baseline_ids(ids)
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             a, d = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), target=tgt, n_steps=n_steps,
                                  internal_batch_size=internal_batch_size * len(idx), return_convergence_delta=True)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             fx = forward(ids, mask).gather(1, tgt[:, None])[:, 0]
             fb = forward(base, mask).gather(1, tgt[:, None])[:, 0]
         attr[idx.numpy(), :cut] = a.sum(dim=-1).detach().float().cpu().numpy()
-        delta[idx.numpy()] = d.detach().cpu().numpy()
-        change[idx.numpy()] = (fx - fb).cpu().numpy()
+        delta[idx.numpy()] = d.detach().float().cpu().numpy()
+        change[idx.numpy()] = (fx - fb).float().cpu().numpy()
     return attr, delta, change
 
 
@@ -153,25 +173,33 @@ def unit_scores(token_scores: np.ndarray, units: list[list[int]]) -> np.ndarray:
 
 
 def cache_key(checkpoint: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-              ig_steps: int) -> str:
+              ig: IGSettings) -> str:
     """What a model's cached attributions depend on: the checkpoint's weights (a hash of model.safetensors), the
     token ids explained (with their attention mask: max_len and the tokenizer are in them), the explained classes
-    and the number of IG steps. Case ids play no part: new text under an old id is a new key."""
+    and the IG settings (steps, their cap and threshold, precision). Case ids play no part: new text under an old id
+    is a new key."""
     h = hashlib.sha256()
     h.update(file_hash(checkpoint / "model.safetensors").encode())
     for t in (input_ids, attention_mask, targets):
         a = t.detach().cpu().to(torch.int64).contiguous()
         h.update(json.dumps(list(a.shape)).encode())
         h.update(a.numpy().tobytes())
-    h.update(json.dumps({"ig_steps": ig_steps}).encode())
+    h.update(json.dumps({"steps": ig.steps, "max_steps": ig.max_steps, "threshold": ig.threshold,
+                         "precision": ig.precision}).encode())
     return h.hexdigest()[:16]
 
 
 def explain(model, checkpoint: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-            cache_file: Path, *, ig_steps: int, ig_internal_batch_size: int, device: torch.device) -> Explanation:
+            cache_file: Path, *, ig: IGSettings, device: torch.device) -> Explanation:
     """A model's attributions of the given token ids for `targets`, from `cache_file` when its key matches, else
-    computed and cached."""
-    key = cache_key(checkpoint, input_ids, attention_mask, targets, ig_steps)
+    computed and cached.
+
+    Steps adapt per example: every example is explained with `ig.steps`; those whose relative convergence delta
+    exceeds `ig.threshold` are explained again with twice the steps, and so on up to `ig.max_steps`, so each example
+    gets the fewest steps (of that ladder) whose delta is within tolerance. Examples still over it at the cap keep
+    their last attribution and are flagged by the stage.
+    """
+    key = cache_key(checkpoint, input_ids, attention_mask, targets, ig)
     if cache_file.is_file():
         from safetensors import safe_open
 
@@ -181,24 +209,37 @@ def explain(model, checkpoint: Path, input_ids: torch.Tensor, attention_mask: to
             t0 = time.perf_counter()
             t = load_file(str(cache_file))
             return Explanation(t["token_scores"].numpy(), t["delta"].numpy(), t["logit_change"].numpy(),
-                               time.perf_counter() - t0, cached=True)
+                               t["steps"].numpy(), time.perf_counter() - t0, cached=True)
     t0 = time.perf_counter()
-    attr, delta, change = integrated_gradients(
-        model, input_ids.to(device), attention_mask.to(device), targets.to(device), ig_steps, ig_internal_batch_size)
+    ids, mask, tgt = input_ids.to(device), attention_mask.to(device), targets.to(device)
+    run = dict(internal_batch_size=ig.internal_batch_size, precision=ig.precision)
+    attr, delta, change = integrated_gradients(model, ids, mask, tgt, ig.steps, **run)
+    steps, n_steps = np.full(len(ids), ig.steps, dtype=np.int64), ig.steps
+    while n_steps * 2 <= ig.max_steps:
+        redo = np.flatnonzero(relative_delta(delta, change) > ig.threshold)
+        if not len(redo):
+            break
+        n_steps *= 2
+        pick = torch.as_tensor(redo, device=ids.device)
+        attr[redo], delta[redo], change[redo] = integrated_gradients(model, ids[pick], mask[pick], tgt[pick],
+                                                                     n_steps, **run)
+        steps[redo] = n_steps
     seconds = time.perf_counter() - t0
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({"token_scores": torch.from_numpy(attr), "delta": torch.from_numpy(delta),
-               "logit_change": torch.from_numpy(change)}, str(cache_file), metadata={"key": key})
-    return Explanation(attr, delta, change, seconds, cached=False)
+               "logit_change": torch.from_numpy(change), "steps": torch.from_numpy(steps)}, str(cache_file),
+              metadata={"key": key})
+    return Explanation(attr, delta, change, steps, seconds, cached=False)
 
 
 def model_entries(run_dir: Path, attribution_seeds: list[int]) -> list[dict]:
-    """Teacher, ceiling teacher and students (seeds in attribution_seeds) from models.json, with a cache tag;
-    entries whose checkpoint is missing are skipped with a printed note."""
+    """Teacher, reference teachers (the teacher retrained with other seeds) and students (seeds in
+    attribution_seeds) from models.json, with a cache tag; entries whose checkpoint is missing are skipped with a
+    printed note."""
     index = read_index(run_dir)
     entries = [dict(index["teacher"], tag="teacher", mode="teacher")]
-    if index.get("teacher_ceiling"):
-        entries.append(dict(index["teacher_ceiling"], tag="teacher_ceiling", mode="ceiling"))
+    for r in index.get("teacher_references", []):
+        entries.append(dict(r, tag=f"teacher_reference__seed{r['seed']}", mode="reference"))
     for s in index.get("students", []):
         if int(s["seed"]) in set(attribution_seeds):
             entries.append(dict(s, tag=f"{s['name']}__{s['mode']}__seed{s['seed']}"))

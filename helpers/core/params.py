@@ -239,7 +239,7 @@ class DataParams(RunFolderParams):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TeacherParams(TrainingParams):
-    """Stage 02: the teacher and its second-seed reference."""
+    """Stage 02: the teacher and the teacher retrained with other seeds (the reference)."""
 
     STAGE: ClassVar[str] = "02"
     TITLE: ClassVar[str] = "teacher (02)"
@@ -249,11 +249,14 @@ class TeacherParams(TrainingParams):
     teacher_patience: int = param(0, "epochs without validation improvement before a teacher stops (0: never; then "
                                      "teacher_epochs is the budget)", non_negative_int)
     teacher_seed: int = param(0, "teacher seed", lambda v: None if _is_int(v) else "must be an integer")
-    ceiling_seed: int = param(1, "second teacher's seed (attribution noise ceiling)",
-                              lambda v: None if _is_int(v) else "must be an integer")
+    reference_seeds: list = param([1, 2, 3], "the teacher retrained with these seeds: the teacher-vs-teacher "
+                                             "reference of attribution agreement (04) and the teacher's seed spread",
+                                  seed_list)
 
     def _together(self) -> list[tuple[str, str]]:
-        return [("ceiling_seed", "must differ from teacher_seed")] if self.ceiling_seed == self.teacher_seed else []
+        if self.teacher_seed in self.reference_seeds:
+            return [("reference_seeds", f"must not contain teacher_seed ({self.teacher_seed})")]
+        return []
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -332,18 +335,25 @@ class AttributionParams(DeviceParams, BootstrapParams):
 
     STAGE: ClassVar[str] = "04"
     TITLE: ClassVar[str] = "attributions (04)"
-    ig_examples: int = param(24, "stratified test examples explained", positive_int)
-    ig_steps: int = param(20, "Integrated Gradients steps", positive_int)
-    ig_internal_batch_size: int = param(20, "IG internal batch size (steps per forward pass, per example)",
+    ig_examples: int = param(300, "stratified test cases explained (the same for every model)", positive_int)
+    ig_steps: int = param(16, "Integrated Gradients steps every case starts with", positive_int)
+    ig_max_steps: int = param(64, "cases whose relative convergence delta exceeds ig_delta_threshold are explained "
+                                  "again with twice the steps, up to this", positive_int)
+    ig_internal_batch_size: int = param(16, "IG internal batch size (steps per forward pass, per example)",
                                         positive_int)
-    ig_delta_threshold: float = param(0.05, "flag examples whose |convergence delta| exceeds this (relative): left "
-                                            "out of means, counted", positive_number)
+    ig_delta_threshold: float = param(0.05, "|convergence delta| / max(|logit change|, 1) tolerated; a case over it "
+                                            "at ig_max_steps is left out of means, counted", positive_number)
     topk: int = param(10, "k of top-k overlap and rationale recall", positive_int)
-    attribution_seeds: list = param([0], "student seeds explained (one seed: attribution intervals cover one "
-                                         "training run)", seed_list)
+    attribution_seeds: list = param([0, 1, 2], "student seeds explained (intervals treat seeds and cases as random; "
+                                               "one seed: they cover one training run)", seed_list)
     aggregate_words: bool = param(False, "sum word pieces into words before comparing", boolean)
     faithfulness_replacement: str = param("pad", "pad | mask: token used to remove tokens in comprehensiveness/"
                                                  "sufficiency", one_of("pad", "mask"))
+
+    def _together(self) -> list[tuple[str, str]]:
+        if self.ig_max_steps < self.ig_steps:
+            return [("ig_max_steps", f"must be at least ig_steps ({self.ig_steps}): it caps the step doubling")]
+        return []
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -83,7 +83,7 @@ def replace_rows(path: str | Path, new: pd.DataFrame, key: str, values: list[str
 
 
 def read_index(run_dir: str | Path) -> dict[str, Any]:
-    """`models/models.json`: every checkpoint of the run (teacher, ceiling teacher, students)."""
+    """`models/models.json`: every checkpoint of the run (teacher, reference teachers, students)."""
     return read_json(Path(run_dir) / "models" / "models.json")
 
 

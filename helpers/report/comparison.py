@@ -14,7 +14,7 @@ from helpers.training.checkpoints import teacher_predictions
 
 def _wide(run_dir: Path) -> pd.DataFrame:
     preds = pd.read_csv(run_dir / "models" / "predictions.csv", dtype={"id": str})
-    return preds[~preds["mode"].isin(["teacher", "ceiling"])]
+    return preds[~preds["mode"].isin(["teacher", "reference"])]
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int = 200) -> pd.DataFrame:

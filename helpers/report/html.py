@@ -130,7 +130,12 @@ def render_report(run_dir: str | Path, summary: dict[str, Any], tables: Mapping[
              f"<div class='{box}'><p><b>Answer.</b> {_esc(summary['headline'])}</p><ul>",
              *[f"<li><code>{_esc(v['model'])}</code> · {_esc(v['arm'])} vs {_esc(v['against'])}: {_esc(v['text'])}</li>"
                for v in summary["verdicts"]],
-             f"</ul><p><b>Recommendation.</b> {_esc(rec['text'])}</p></div>"]
+             "</ul>",
+             *([f"<p><b>Do they explain like the teacher?</b> Attribution cosine to the teacher, its own family "
+                f"(Holm-adjusted). {_esc(summary.get('attribution_scope') or '')}</p><ul>",
+                *[f"<li><code>{_esc(v['model'])}</code> · {_esc(v['text'])}</li>"
+                  for v in summary["attribution_verdicts"]], "</ul>"] if summary.get("attribution_verdicts") else []),
+             f"<p><b>Recommendation.</b> {_esc(rec['text'])}</p></div>"]
     if t["collapsed"]:
         parts.append(f"<p class='warn'>The teacher collapsed: its test accuracy {t['accuracy']:.3f} does not beat "
                      f"the majority class. Every distillation comparison in this run is marked not meaningful.</p>")

@@ -6,7 +6,7 @@ from typing import Any
 
 from helpers.core.constants import ARMS
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 MODES = ["teacher", *ARMS]
 
 _NUM = {"type": "number"}
@@ -23,8 +23,9 @@ def _object(properties: dict[str, Any], nullable: bool = False, extra: bool = Fa
 
 _STAT = _object({"mean": _NUM, "std": _NUM_OR_NULL})  # std is null with a single seed
 _STAT_OR_NAN = _object({"mean": _NUM_OR_NULL, "std": _NUM_OR_NULL})  # AUC is undefined with one class only
-_INTERVAL = _object({"mean": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "seeds": {
-    "type": "array", "items": {"type": "integer"}}, "n_excluded": _INT}, nullable=True)
+_INTERVAL = _object({"mean": _NUM, "ci_low": _NUM_OR_NULL, "ci_high": _NUM_OR_NULL, "ci_half_width": _NUM_OR_NULL,
+                     "seeds": {"type": "array", "items": {"type": "integer"}}, "n_cases": _INT, "n_excluded": _INT},
+                    nullable=True)
 
 MODEL_ENTRY = _object({
     "name": _STR,
@@ -75,6 +76,9 @@ SCHEMA: dict[str, Any] = {
         "classes": {"type": "array", "items": _STR, "minItems": 2},  # class names in id order
         "verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "against": _STR, "text": _STR})},
         "attribution_scope": {"type": ["string", "null"]},  # what the attribution intervals cover; null without 04
+        # the attribution family: cosine agreement, every arm against independent and against distilled
+        "attribution_verdicts": {"type": "array", "items": _object({"model": _STR, "arm": _STR, "against": _STR,
+                                                                     "text": _STR})},
         "data": {"type": "object", "required": ["majority_rate", "baselines"], "properties": {
             "majority_rate": _NUM,
             "baselines": {"type": "object", "required": ["majority", "tfidf_logreg"]},
@@ -83,8 +87,9 @@ SCHEMA: dict[str, Any] = {
             "name": _STR, "shape": _STR, "seed": {"type": "integer"}, "params": _INT,
             "val_accuracy": _NUM, "accuracy": _NUM, "macro_f1": _NUM, "auc": _NUM_OR_NULL,
             "collapsed": {"type": "boolean"},
-            "margin_over_tfidf": _NUM, "margin_over_majority": _NUM, "ceiling_accuracy": _NUM_OR_NULL,
-            "attribution_cosine_ceiling": _INTERVAL}),
+            "margin_over_tfidf": _NUM, "margin_over_majority": _NUM, "reference_accuracy": _NUM_OR_NULL,
+            "reference_seeds": {"type": "array", "items": {"type": "integer"}},
+            "attribution_cosine_reference": _INTERVAL}),
         "recommendation": _object({
             "meaningful": {"type": "boolean"}, "selected_on": {"const": "val"}, "model": {"type": ["string", "null"]},
             "mode": {"enum": [*MODES, None]}, "params": {"type": ["integer", "null"]},

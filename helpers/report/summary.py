@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from helpers.attribution.agreement import bootstrap_examples_seeds, excluded, interval_scope
+from helpers.attribution.agreement import TEACHER_MODES, interval_scope
 from helpers.core.constants import ARMS
 from helpers.core.params import ReportParams
 from helpers.core.run_folder import read_index, read_json, write_json
@@ -45,8 +45,10 @@ class RunTables:
     benchmark: pd.DataFrame | None
     paper: pd.DataFrame | None
     environment: dict[str, Any] | None
-    attributions: pd.DataFrame | None
+    attributions: pd.DataFrame | None  # attributions/summary.csv: per training run
     attribution_examples: pd.DataFrame | None
+    attribution_agreement: pd.DataFrame | None = None  # attributions/agreement.csv: per arm, over seeds and cases
+    attribution_contrasts: pd.DataFrame | None = None  # attributions/contrasts.csv: the attribution family
     chain: pd.DataFrame | None = None  # models/chain.csv: who taught whom in the chain arm
 
 
@@ -71,6 +73,9 @@ def load_tables(run_dir: str | Path) -> RunTables:
                      environment=read_json(env_path) if env_path.is_file() else None,
                      attributions=_optional_csv(run / "attributions" / "summary.csv"),
                      attribution_examples=_optional_csv(run / "attributions" / "per_example.csv", dtype={"id": str}),
+                     attribution_agreement=_optional_csv(run / "attributions" / "agreement.csv"),
+                     attribution_contrasts=_optional_csv(run / "attributions" / "contrasts.csv",
+                                                         keep_default_na=False, na_values=[""]),
                      chain=_optional_csv(run / "models" / "chain.csv"))
 
 
@@ -99,36 +104,41 @@ def kd_verdicts(t: RunTables) -> list[dict[str, str]]:
     return [{"model": r.model, "arm": r.arm, "against": r.against, "text": r.verdict} for r in rows.itertuples()]
 
 
-def _attribution(t: RunTables, name: str, mode: str, n_boot: int = 1000) -> dict[str, Any] | None:
-    """Cosine similarity of the model's attributions to the teacher's: mean and 95% CI resampling the explained
-    examples and seeds (agreement.bootstrap_examples_seeds), examples excluded for their convergence delta left out
-    and counted."""
-    if t.attributions is None:
+def _attribution(t: RunTables, name: str, mode: str) -> dict[str, Any] | None:
+    """Cosine similarity of the model's attributions to the teacher's (attributions/agreement.csv): the mean over
+    the explained seeds and cases with its two-way 95% interval and half-width, the cases used and those left out
+    for their convergence delta."""
+    if t.attribution_agreement is None:
         return None
-    rows = t.attributions[(t.attributions["model"] == name) & (t.attributions["mode"] == mode)
-                          & (t.attributions["metric"] == "cosine")]
+    a = t.attribution_agreement
+    rows = a[(a["model"] == name) & (a["mode"] == mode) & (a["metric"] == "cosine")]
     if rows.empty or rows["mean"].isna().all():
         return None
-    seeds = sorted(int(s) for s in rows["seed"])
-    n_excluded = int(rows["n_excluded"].sum()) if "n_excluded" in rows else 0
-    if len(rows) == 1 or t.attribution_examples is None:
-        r = rows.iloc[0] if len(rows) == 1 else rows.mean(numeric_only=True)
-        return {"mean": float(rows["mean"].mean()), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
-                "seeds": seeds, "n_excluded": n_excluded}
+    r = rows.iloc[0]
     pe = t.attribution_examples
-    pe = pe[(pe["model"] == name) & (pe["mode"] == mode)]
-    table = pe["cosine"].where(~excluded(pe, "cosine")).groupby([pe["id"], pe["seed"]]).mean().unstack("seed")
-    mean, lo, hi, _ = bootstrap_examples_seeds(table.to_numpy(), n_boot)
-    return {"mean": float(mean), "ci_low": _num(lo), "ci_high": _num(hi), "seeds": seeds, "n_excluded": n_excluded}
+    seeds = [] if pe is None else sorted(int(s) for s in pe.loc[(pe["model"] == name) & (pe["mode"] == mode),
+                                                                 "seed"].unique())
+    return {"mean": float(r["mean"]), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
+            "ci_half_width": _num(r["ci_half_width"]), "seeds": seeds, "n_cases": int(r["n_cases"]),
+            "n_excluded": int(r["n_excluded"])}
+
+
+def attribution_verdicts(t: RunTables) -> list[dict[str, str]]:
+    """The attribution family (contrasts.csv, cosine): one line per student x arm x reference arm."""
+    if t.attribution_contrasts is None:
+        return []
+    rows = t.attribution_contrasts[t.attribution_contrasts["endpoint"] == "primary"]
+    return [{"model": r.model, "arm": r.arm, "against": r.against, "text": r.verdict} for r in rows.itertuples()]
 
 
 def attribution_scope(t: RunTables) -> str | None:
-    """What the attribution intervals cover, from the numbers of examples and student seeds stage 04 explained."""
+    """What the attribution intervals cover, from the numbers of cases, student seeds and reference teachers."""
     if t.attribution_examples is None:
         return None
     pe = t.attribution_examples
-    seeds = pe.loc[~pe["mode"].isin(["teacher", "ceiling"]), "seed"].nunique()
-    return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1))
+    seeds = pe.loc[~pe["mode"].isin(TEACHER_MODES), "seed"].nunique()
+    n_ref = pe.loc[pe["mode"] == "reference", "seed"].nunique()
+    return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1), int(n_ref))
 
 
 def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:
@@ -299,8 +309,9 @@ def build_summary(p: ReportParams) -> dict[str, Any]:
                "auc": _num(ts["test"]["roc_auc"]), "collapsed": teacher_collapsed(t),
                "margin_over_tfidf": float(ts["margin_over_tfidf"]),
                "margin_over_majority": float(ts["margin_over_majority"]),
-               "ceiling_accuracy": _num(ts.get("ceiling_test", {}).get("accuracy")),
-               "attribution_cosine_ceiling": _attribution(t, t.index["teacher"]["name"], "ceiling")}
+               "reference_accuracy": _num(ts.get("reference_test", {}).get("accuracy")),
+               "reference_seeds": [int(r["seed"]) for r in ts.get("reference_test_per_seed", [])],
+               "attribution_cosine_reference": _attribution(t, t.index["teacher"]["name"], "reference")}
     verdicts = kd_verdicts(t)
     rec = recommend(_candidates(models), teacher["val_accuracy"], p.recommend_tolerance, teacher["collapsed"],
                     f"the teacher ({teacher['name']})", teacher_test_accuracy=teacher["accuracy"])
@@ -312,6 +323,7 @@ def build_summary(p: ReportParams) -> dict[str, Any]:
             "headline": _headline(teacher, verdicts, rec), "statistics": STATISTICS,
             "precision": str(t.teacher.get("precision", "fp32")), "task": task["task"], "classes": task["classes"],
             "verdicts": verdicts, "data": t.card, "attribution_scope": attribution_scope(t),
+            "attribution_verdicts": attribution_verdicts(t),
             "teacher": teacher,
             "recommendation": rec, "models": models,
             "benchmark": None if t.benchmark is None else {"environment": t.environment, "paper": paper}}

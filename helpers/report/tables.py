@@ -11,12 +11,16 @@ import pandas as pd
 from helpers.core.constants import ARMS
 from helpers.report.html import write_report
 from helpers.report.summary import QUESTION, kd_verdicts, load_tables, teacher_collapsed
-from helpers.views.attribution import summary_table
+from helpers.views.attribution import agreement_table, contrast_table
 from helpers.views.training import baselines_frame
 
-ATTRIBUTION_TITLE = ("Attribution agreement with the teacher (ceiling = teacher vs teacher), faithfulness for the "
-                     "model's own and the teacher's class, rationale recall: mean [95% CI]; examples whose "
-                     "|convergence delta| exceeds ig_delta_threshold are left out and counted (excl.).")
+ATTRIBUTION_TITLE = ("Attribution agreement with the teacher per arm (★ reference = the teacher retrained with other "
+                     "seeds), faithfulness for the model's own and the teacher's class and for a random ranking, "
+                     "rationale recall: mean over seeds and cases [two-way 95% CI]; cases whose |convergence delta| "
+                     "exceeds ig_delta_threshold are left out and counted.")
+CONTRAST_TITLE = ("Did an arm change how a student explains? Attribution cosine to the teacher, each arm against "
+                  "independent and against distilled (paired by case and seed, two-way 95% CI, Holm-adjusted over "
+                  "this family)")
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
@@ -201,6 +205,10 @@ def headline_markdown(summary: dict[str, Any]) -> str:
     """Question, answer and one verdict line per student, as Markdown."""
     lines = [f"**Question.** {summary['question']}", "", f"**Answer.** {summary['headline']}", ""]
     lines += [f"- `{v['model']}` · {v['arm']} vs {v['against']}: {v['text']}" for v in summary["verdicts"]]
+    if summary.get("attribution_verdicts"):
+        lines += ["", "**Do they explain like the teacher?** Attribution cosine to the teacher (its own family, "
+                      "Holm-adjusted):", ""]
+        lines += [f"- `{v['model']}` · {v['text']}" for v in summary["attribution_verdicts"]]
     lines += ["", f"*How the intervals were computed.* {summary['statistics']}"]
     return "\n".join(lines)
 
@@ -237,17 +245,28 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
         out["Deployment variants at batch 32 (mean over modes and seeds)"] = v.groupby(
             ["model", "variant"], sort=False, as_index=False)[
             ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
-    if t.attributions is not None:
+    if t.attribution_contrasts is not None:
+        out[CONTRAST_TITLE] = attribution_contrast_table(run)
+    if t.attribution_agreement is not None:
         out[f"{ATTRIBUTION_TITLE} {summary.get('attribution_scope') or ''}".strip()] = attribution_table(run)
     return out
 
 
-def attribution_table(run_dir: str | Path) -> pd.DataFrame | str:
-    """Stage 04's agreement, faithfulness and rationale recall per model: 'mean [95% CI]' (a note if it did not run)."""
+def attribution_contrast_table(run_dir: str | Path) -> pd.DataFrame | str:
+    """The attribution family: cosine to the teacher, each arm against independent and against distilled."""
     t = load_tables(run_dir)
-    if t.attributions is None:
+    if t.attribution_contrasts is None:
+        return "stage 04 did not run: no attribution contrasts"
+    return contrast_table(t.attribution_contrasts)
+
+
+def attribution_table(run_dir: str | Path) -> pd.DataFrame | str:
+    """Stage 04's agreement, faithfulness and rationale recall per model x arm: 'mean [95% CI]' over seeds and cases
+    (a note if it did not run)."""
+    t = load_tables(run_dir)
+    if t.attribution_agreement is None:
         return "stage 04 did not run: no attribution tables"
-    return summary_table(t.attributions).reset_index().rename(columns={"row": "model"})
+    return agreement_table(t.attribution_agreement).reset_index().rename(columns={"row": "model"})
 
 
 def export_html(run_dir: str | Path, summary: dict[str, Any]) -> Path:

@@ -32,10 +32,11 @@ QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]  # drops the kernel's start-up 
 # Files each stage must leave behind for its manifest to count as complete (beyond the executed notebook).
 STAGE_OUTPUTS: dict[str, list[str]] = {
     "01": ["data/train.csv", "data/val.csv", "data/test.csv", "data/data_card.json"],
-    "02": ["models/teacher/model.safetensors", "models/teacher_ceiling/model.safetensors",
-           "models/teacher_metrics.json", "models/models.json", "models/metrics.csv", "models/predictions.csv"],
+    "02": ["models/teacher/model.safetensors", "models/teacher_metrics.json", "models/models.json",
+           "models/metrics.csv", "models/predictions.csv"],
     "03": ["models/kd_gain.csv", "models/student_runs.csv"],
-    "04": ["attributions/summary.csv", "attributions/per_example.csv"],
+    "04": ["attributions/summary.csv", "attributions/per_example.csv", "attributions/agreement.csv",
+           "attributions/contrasts.csv"],
     "05": ["summary.json", "report.html"],
 }
 
@@ -304,7 +305,8 @@ def seed_run_folder(base: Path, target: Path, stages: list[Stage], upto: int) ->
         dst = manifest_path(target, stage)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    for rel in ("data", "models/teacher", "models/teacher_ceiling", "models/teacher_logits"):
+    for rel in ("data", "models/teacher", "models/teacher_logits",
+                *(p.relative_to(base).as_posix() for p in sorted((base / "models").glob("teacher_reference_seed*")))):
         if (base / rel).exists():
             _copy(base / rel, target / rel)
 

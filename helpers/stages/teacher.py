@@ -1,4 +1,4 @@
-"""Stage 02: fine-tune the teacher (and a second-seed teacher for the noise ceiling), cache its logits."""
+"""Stage 02: fine-tune the teacher (and teachers retrained with other seeds: the reference), cache its logits."""
 from __future__ import annotations
 
 import time
@@ -28,7 +28,7 @@ from helpers.training.teacher_logits import cache_teacher_logits
 
 
 def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] | None:
-    """Fine-tune one teacher (the teacher or the ceiling teacher) and save it; its validation logits come back.
+    """Fine-tune one teacher (the teacher or a reference teacher) and save it; its validation logits come back.
 
     Runs in this process or in a worker process (then `job["threads"]` pins its torch threads and its progress
     lines go to `job["lines"]`, a queue the notebook prints from). The other splits are scored afterwards, in
@@ -47,7 +47,8 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     model = build_model(spec, seed=job["seed"], num_labels=len(data_mod.load_classes(run_dir)["classes"]),
                         keep_ids=job["keep_ids"])
     out_file = QueueFile(job["lines"]) if job.get("lines") is not None else None
-    bar = Progress(job["max_steps"], f"{job['role']} steps", file=out_file) if job["progress"] else None
+    label = f"{job['role']} (seed {job['seed']}) steps"
+    bar = Progress(job["max_steps"], label, file=out_file) if job["progress"] else None
     cfg = TrainConfig(max_steps=job["max_steps"], lr=job["lr"], batch_size=job["batch_size"], seed=job["seed"],
                       eval_every=job["eval_every"], patience=job["patience"], selection_metric=job["selection_metric"],
                       class_weighted=job["class_weighted"], device=job["device"], precision=job["precision"],
@@ -60,9 +61,9 @@ def fit_teacher(job: dict[str, Any], accelerator: Any = None) -> dict[str, Any] 
     history = result.history
     history.insert(0, "seed", job["seed"])
     write_csv(out / "history.csv", history)
-    mode = "teacher" if job["role"] == "teacher" else "ceiling"
-    return {"role": job["role"], "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir,
-                                                      result.model),
+    mode = "teacher" if job["role"] == "teacher" else "reference"
+    return {"role": job["role"], "folder": job["folder"],
+            "entry": index_entry(job["teacher"], "teacher", mode, job["seed"], out, run_dir, result.model),
             "history": history, "seconds": time.perf_counter() - start, "examples": result.train_examples,
             "train_seconds": result.train_seconds, "best_step": result.best_step, "steps": result.steps,
             "val_logits": result.val_logits.astype(np.float32)}
@@ -105,11 +106,11 @@ def score_chunks(run_dir: Path, wanted: dict[str, list[str]], sizes: dict[str, i
 
 
 def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the teacher and the ceiling teacher, cache the teacher logits, write metrics and the index.
+    """Fine-tune the teacher and the reference teachers, cache the teacher logits, write metrics and the index.
 
     The best epoch of each teacher is chosen on validation; `precision` (auto | fp32 | bf16) is resolved once and
     recorded in teacher_metrics.json, and the students of this run train in the same precision. With `workers` > 1
-    (CPU) the two teachers train side by side in separate processes, `threads // workers` threads each. With
+    (CPU) the teachers train side by side in separate processes, `threads // workers` threads each. With
     `launcher` accelerate each teacher trains data-parallel in `processes` processes under `accelerate launch`
     (helpers.parallel.launcher; 0: accelerate's own config), one after the other, and the same files come back.
     With `trim_vocab` each teacher keeps only the word-embedding rows of the wordpieces the run's texts use
@@ -132,18 +133,19 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
              "selection_metric": p.selection_metric, "class_weighted": p.class_weighted, "device": device,
              "precision": precision, "progress": progress,
              "keep_ids": data_mod.load_vocabulary(run_dir) if p.trim_vocab else None}
-            for role, seed, folder in (("teacher", p.teacher_seed, "teacher"), ("ceiling", p.ceiling_seed,
-                                                                               "teacher_ceiling"))]
+            for role, seed, folder in [("teacher", p.teacher_seed, "teacher"),
+                                       *(("reference", s, reference_folder(s)) for s in p.reference_seeds)]]
     mode, workers = execution(p.launcher, device, p.workers)
-    # The teacher's logits are needed on every split and the transfer pool (the students read them); the ceiling
-    # teacher's on val and test. Validation logits come from training (its best step); the rest is scored once.
-    wanted = {"teacher": [s for s in encoded if s != "val"], "teacher_ceiling": ["test"]}
+    # The teacher's logits are needed on every split and the transfer pool (the students read them); the reference
+    # teachers' on val and test. Validation logits come from training (its best step); the rest is scored once.
+    wanted = {"teacher": [s for s in encoded if s != "val"],
+              **{reference_folder(s): ["test"] for s in p.reference_seeds}}
     sizes = {s: len(e) for s, e in encoded.items()}
     score_args = {"max_len": p.max_len, "device": device, "precision": precision}
     if mode == "accelerate":
         done = [launch_teacher(j, processes=p.processes, threads=p.threads) for j in jobs]
         scored = score_chunks(run_dir, wanted, sizes, **score_args)
-    elif mode == "pool":  # the two teachers side by side, one thread each, their progress relayed to this notebook
+    elif mode == "pool":  # the teachers side by side, one thread each, their progress relayed to this notebook
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -154,19 +156,19 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
             with relay(lines):
                 done = pool.map(fit_teacher, [dict(j, threads=per_process, lines=lines) for j in jobs])
             scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=per_process, **score_args)
-        print(f"(the two teachers trained side by side in {n_proc} processes, {per_process} thread(s) each; "
+        print(f"(the {len(jobs)} teachers trained side by side in {n_proc} processes, {per_process} thread(s) each; "
               f"their splits scored in chunks over the same processes)", flush=True)
     else:
         done = [fit_teacher(j) for j in jobs]
         scored = score_chunks(run_dir, wanted, sizes, **score_args)
-    results = {d["role"]: d for d in done}
-    for role, folder in (("teacher", "teacher"), ("ceiling", "teacher_ceiling")):
-        results[role]["logits"] = {"val": results[role]["val_logits"], **scored[folder]}
-    entries = {role: d["entry"] for role, d in results.items()}
-    histories = {role: d["history"] for role, d in results.items()}
-    timings = {role: d["seconds"] for role, d in results.items()}
-    for role, d in results.items():
-        print(f"{role} ({p.teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
+    results = {d["folder"]: d for d in done}
+    for folder, d in results.items():
+        d["logits"] = {"val": d["val_logits"], **scored[folder]}
+    entries = {folder: d["entry"] for folder, d in results.items()}
+    histories = {folder: d["history"] for folder, d in results.items()}
+    timings = {folder: d["seconds"] for folder, d in results.items()}
+    for d in results.values():
+        print(f"{d['role']} ({p.teacher}, seed {d['entry']['seed']}): trained in {d['seconds']:.0f} s ({d['examples']} "
               f"examples, {d['examples'] / d['train_seconds']:.0f}/s in training steps, {precision}), best epoch "
               f"{d['best_step'] // per_epoch} of {-(-d['steps'] // per_epoch)}"
               f"{f' (stopped early; at most {p.teacher_epochs})' if d['steps'] < p.teacher_epochs * per_epoch else ''}"
@@ -174,9 +176,11 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
               flush=True)
     logits_path, t_logits = cache_teacher_logits(run_dir, splits, encoded, p.max_len, device, precision,
                                                  computed=results["teacher"]["logits"])
-    c_logits = results["ceiling"]["logits"]
     metrics, preds = record(entries["teacher"], t_logits, labels, None, splits["test"]["id"])
-    c_metrics, c_preds = record(entries["ceiling"], c_logits, labels, t_logits, splits["test"]["id"])
+    references = [reference_folder(s) for s in p.reference_seeds]
+    recorded = [record(entries[f], results[f]["logits"], labels, t_logits, splits["test"]["id"]) for f in references]
+    r_test = pd.concat([m[m["split"] == "test"] for m, _ in recorded], ignore_index=True)
+    r_cols = ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]
     t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()
     t_val = metrics[metrics["split"] == "val"].iloc[0].to_dict()
     base = card["baselines"]
@@ -184,11 +188,13 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
     collapsed = is_collapsed(t_val, base["majority"]["val"]["accuracy"])
     share = "positive_rate" if "positive_rate" in t_val else "top_class_share"  # two classes | K classes
     summary = {
-        "teacher": entries["teacher"], "ceiling": entries["ceiling"],
+        "teacher": entries["teacher"], "references": [entries[f] for f in references],
         "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
         "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
-        "ceiling_test": c_metrics[c_metrics["split"] == "test"].iloc[0][
-            ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]].to_dict(),
+        # the teacher retrained with other seeds, on test: the mean over the reference seeds, and each seed
+        "reference_test": r_test[r_cols].mean().to_dict(),
+        "reference_test_per_seed": [{"seed": int(r["seed"]), **{k: r[k] for k in r_cols}}
+                                    for r in r_test.to_dict("records")],
         "collapsed": collapsed, "collapse_gate_split": "val",
         "precision": precision, "trim_vocab": bool(p.trim_vocab),
         "majority_rate": card["majority_rate"],
@@ -201,15 +207,21 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
         "train_seconds": timings,
     }
     write_json(run_dir / "models" / "teacher_metrics.json", summary)
-    all_metrics = pd.concat([metrics, c_metrics], ignore_index=True)
+    all_metrics = pd.concat([metrics, *(m for m, _ in recorded)], ignore_index=True)
     write_csv(run_dir / "models" / "metrics.csv", all_metrics)
-    write_csv(run_dir / "models" / "predictions.csv", pd.concat([preds, c_preds], ignore_index=True))
-    write_index(run_dir, {"teacher": entries["teacher"], "teacher_ceiling": entries["ceiling"],
+    write_csv(run_dir / "models" / "predictions.csv", pd.concat([preds, *(pr for _, pr in recorded)],
+                                                               ignore_index=True))
+    write_index(run_dir, {"teacher": entries["teacher"], "teacher_references": [entries[f] for f in references],
                           "teacher_collapsed": collapsed, "students": []})
     if collapsed:
         print(f"WARNING: the teacher collapsed: validation accuracy {t_val['accuracy']:.3f} does not beat the "
               f"majority class ({base['majority']['val']['accuracy']:.3f}) or it predicts one class only "
               f"({share.replace('_', ' ')} {t_val[share]:.2f}). Distillation comparisons will be marked not "
               f"meaningful.")
-    return {"summary": summary, "metrics": all_metrics, "history": pd.concat(histories.values(), keys=histories.keys(),
-                                                                             names=["role", None]).reset_index(0)}
+    return {"summary": summary, "metrics": all_metrics,
+            "history": pd.concat(histories.values(), keys=histories.keys(), names=["folder", None]).reset_index(0)}
+
+
+def reference_folder(seed: int) -> str:
+    """The folder under models/ of the teacher retrained with `seed` (a reference teacher)."""
+    return f"teacher_reference_seed{int(seed)}"
