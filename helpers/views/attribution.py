@@ -211,18 +211,3 @@ def agreement_table(agreement: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{"cosine ± half-width": cos["ci_half_width"].round(3).to_numpy(),
                            "cases": first["n_cases"].to_numpy(), "seeds": first["n_seeds"].to_numpy(),
                            "excluded (|delta|)": data.groupby("row")["n_excluded"].max().reindex(rows).to_numpy()})
-
-
-def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv as one row per model x mode x seed and one 'mean [ci_low, ci_high]' column per metric; a cell
-    whose mean left out examples for their convergence delta says how many, and `excluded` sums them per row."""
-    labels = [_label(m, mo, s) for m, mo, s in zip(summary["model"], summary["mode"], summary["seed"])]
-    n_excl = summary["n_excluded"].fillna(0).astype(int) if "n_excluded" in summary else pd.Series(0, summary.index)
-    cells = [("–" if pd.isna(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]") + (f" ({k} excl.)" if k else "")
-             for m, lo, hi, k in zip(summary["mean"], summary["ci_low"], summary["ci_high"], n_excl)]
-    data = summary.assign(row=labels, cell=cells, n_excl=n_excl)
-    cols = [m for m in AGREEMENT_METRICS + FAITHFULNESS_METRICS if m in set(data["metric"])]
-    rows = list(dict.fromkeys(data["row"]))
-    table = data.pivot(index="row", columns="metric", values="cell").reindex(index=rows, columns=cols).fillna("")
-    excl = data[data["mode"] != "baseline"].groupby("row")["n_excl"].max().reindex(rows).fillna(0).astype(int)
-    return table.assign(**{"excluded (|delta|)": excl.to_numpy()})
