@@ -290,6 +290,13 @@ def attribution_verdict(metric: str, arm: str, against: str, diff: float, ci_low
     return f"{head}: no evidence of a difference in {what}: {metric} {span}"
 
 
+def scope_of(per_example: pd.DataFrame) -> str:
+    """interval_scope from a per_example table: its cases, student seeds and reference teachers."""
+    seeds = per_example.loc[~per_example["mode"].isin(TEACHER_MODES), "seed"].nunique()
+    n_ref = per_example.loc[per_example["mode"] == "reference", "seed"].nunique()
+    return interval_scope(int(per_example["id"].nunique()), max(int(seeds), 1), int(n_ref))
+
+
 def interval_scope(n_cases: int, n_seeds: int, n_references: int) -> str:
     """What the attribution intervals cover, from the numbers of cases, student seeds and reference teachers."""
     ref = (f"The reference is the teacher retrained with {n_references} other seed{'s' if n_references != 1 else ''}"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from helpers.attribution.agreement import TEACHER_MODES, interval_scope
+from helpers.attribution.agreement import scope_of
 from helpers.core.constants import ARMS
 from helpers.core.params import ReportParams
 from helpers.core.run_folder import read_index, read_json, write_json
@@ -135,10 +135,7 @@ def attribution_scope(t: RunTables) -> str | None:
     """What the attribution intervals cover, from the numbers of cases, student seeds and reference teachers."""
     if t.attribution_examples is None:
         return None
-    pe = t.attribution_examples
-    seeds = pe.loc[~pe["mode"].isin(TEACHER_MODES), "seed"].nunique()
-    n_ref = pe.loc[pe["mode"] == "reference", "seed"].nunique()
-    return interval_scope(int(pe["id"].nunique()), max(int(seeds), 1), int(n_ref))
+    return scope_of(t.attribution_examples)
 
 
 def _bench_row(t: RunTables, name: str, mode: str) -> dict[str, Any]:

@@ -156,9 +156,7 @@ def run_attribution_stage(p: AttributionParams, *, seed: int = 0) -> dict:
     arms = agreement.arm_agreement(per_example)
     contrasts = agreement.attribution_contrasts(per_example)
     timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
-    student_seeds = per_example.loc[~per_example["mode"].isin(agreement.TEACHER_MODES), "seed"].nunique()
-    n_ref = int((per_example.drop_duplicates(["mode", "seed"])["mode"] == "reference").sum())
-    scope = agreement.interval_scope(len(frame), max(int(student_seeds), 1), n_ref)
+    scope = agreement.scope_of(per_example)
     html = render_html(examples, frame, scores, entries, n=3, class_names=load_classes(run)["classes"])
     paths = {name: out / f"{name}.csv" for name in OUTPUTS}
     paths.update(examples_html=out / "examples.html", cache=out / "cache")
