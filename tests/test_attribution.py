@@ -197,6 +197,7 @@ def test_attribution_contrasts_pair_each_case_and_seed_with_the_two_way_interval
     assert one["n_seeds"] == 1 and one["ci_low"] == pytest.approx(0.10) == one["ci_high"]
     assert "one training run" in agreement.interval_scope(30, 1, 3) and "3 student seeds" in agreement.interval_scope(
         30, 3, 3) and "3 other seeds" in agreement.interval_scope(30, 3, 3)
+    assert "No reference teacher" in agreement.interval_scope(30, 3, 0)
 
 
 def test_attribution_contrasts_cover_every_arm_against_independent_and_distilled_with_holm():

@@ -300,7 +300,8 @@ def scope_of(per_example: pd.DataFrame) -> str:
 def interval_scope(n_cases: int, n_seeds: int, n_references: int) -> str:
     """What the attribution intervals cover, from the numbers of cases, student seeds and reference teachers."""
     ref = (f"The reference is the teacher retrained with {n_references} other seed{'s' if n_references != 1 else ''}"
-           f" and explained on the same cases.")
+           f" and explained on the same cases." if n_references else
+           "No reference teacher was trained (reference_seeds []): the agreements have no teacher-vs-teacher scale.")
     if n_seeds <= 1:
         return (f"Attribution intervals cover the {n_cases} explained test cases of one training run per student and "
                 f"arm (one seed explained): they say how precisely that run was measured, not how much a retrained "

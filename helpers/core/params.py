@@ -62,6 +62,10 @@ def seed_list(v: Any) -> str | None:
     return None if len(set(v)) == len(v) else "seeds must be distinct"
 
 
+def seed_list_or_empty(v: Any) -> str | None:
+    return None if v == [] else seed_list(v)
+
+
 def lr_list(v: Any) -> str | None:
     ok = isinstance(v, list) and v and all(_is_num(x) and x > 0 for x in v)
     return None if ok else f"must be a non-empty list of learning rates > 0, got {v!r}"
@@ -250,8 +254,9 @@ class TeacherParams(TrainingParams):
                                      "teacher_epochs is the budget)", non_negative_int)
     teacher_seed: int = param(0, "teacher seed", lambda v: None if _is_int(v) else "must be an integer")
     reference_seeds: list = param([1, 2, 3], "the teacher retrained with these seeds: the teacher-vs-teacher "
-                                             "reference of attribution agreement (04) and the teacher's seed spread",
-                                  seed_list)
+                                             "reference of attribution agreement (04) and the teacher's seed spread "
+                                             "([]: none; 04 then shows no reference)",
+                                  seed_list_or_empty)
 
     def _together(self) -> list[tuple[str, str]]:
         if self.teacher_seed in self.reference_seeds:
@@ -307,11 +312,12 @@ class StudentParams(TrainingParams, BootstrapParams):
     teacher_mode: str = param("cached", "cached (teacher logits from disk) | online (teacher forward per batch)",
                               one_of("cached", "online"))
     hidden_weight: float = param(1.0, "distilled_hidden: weight of the TinyBERT hidden-state + attention-score "
-                                      "term added to the distilled loss", positive_number)
+                                      "term added to the distilled loss (chosen on validation: `helpers weights`)",
+                                 positive_number)
     attention_weight: float = param(1.0, "distilled_attention: weight of the MiniLM attention + value-relation "
-                                         "term", positive_number)
-    attribution_weight: float = param(1.0, "distilled_attribution: weight of the AD-KD token-attribution term",
-                                      positive_number)
+                                         "term (chosen on validation)", positive_number)
+    attribution_weight: float = param(1.0, "distilled_attribution: weight of the AD-KD token-attribution term "
+                                           "(chosen on validation)", positive_number)
 
     def _together(self) -> list[tuple[str, str]]:
         wrong = []

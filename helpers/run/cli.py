@@ -1,4 +1,5 @@
-"""The command line: `python -m helpers run ...`, `sweep ...`, `crossfit ...`, `replicate ...` and `params`."""
+"""The command line: `python -m helpers run ...`, `sweep ...`, `crossfit ...`, `replicate ...`, `weights ...` and
+`params`."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="the replicate's run folder (default: beside the run, named after the change)")
     rep.add_argument("--force", action="store_true", help="rerun its stages even when up to date")
     rep.add_argument("--verbose", action="store_true", help="stream papermill's log")
+    wts = sub.add_parser("weights", help="choose the beyond-logit arms' term weights on validation",
+                         description="retrain each beyond-logit arm of a finished run at its chosen learning rate "
+                                     "with other term weights on the run's tuning seeds, keep the best mean "
+                                     "validation metric per arm (one more weight past an edge), and write "
+                                     "models/weight_selection.csv; no test case is scored")
+    wts.add_argument("--run-dir", default="runs/beyond", help="the finished run folder (default runs/beyond)")
+    wts.add_argument("--weights", default="0.25,1,4", help="weights to try, comma-separated (default 0.25,1,4; the "
+                                                            "run's own weight is always among them)")
+    wts.add_argument("--extend", type=int, default=1, help="weights added past an edge at most (default 1)")
     params = sub.add_parser("params", help="print the default profile, rendered from the parameters' declarations",
                             description="print profiles/default.yaml as helpers/core/params.py declares it "
                                         "(`python -m helpers params > profiles/default.yaml` after adding a "
@@ -97,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
             replicate(args.run_dir, seeds=seeds, synthetic_seed=args.synthetic_seed, out_dir=args.out,
                       overrides=args.param, force=args.force, verbose=args.verbose)
+        elif args.command == "weights":
+            from helpers.run.weights import choose_weights
+
+            choose_weights(args.run_dir, [float(v) for v in args.weights.split(",")], extensions=args.extend)
         else:
             from helpers.run.sweep import sweep
 

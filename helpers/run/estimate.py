@@ -12,8 +12,9 @@ MEASURED: dict[str, dict[str, Any]] = {
                 "source": "make run at 7e5c34f"},
     "beyond": {"seconds": {"01": 13, "02": 129, "03": 1268, "04": 270, "05": 52}, "cases": 3150, "max_len": 64,
                "source": "03-05 at 7e5c34f; 01-02 and the teachers' 110 s of stage 04 from the default run"},
-    "justice": {"seconds": {"01": 28, "02": 747, "03": 4123, "04": 62, "05": 33}, "cases": 2999, "max_len": 128,
-                "source": "the synthetic stand-in at 4998f0c with the early-stopping fix"},
+    "justice": {"seconds": {"01": 30, "02": 328, "03": 2138, "04": 32, "05": 33}, "cases": 2999, "max_len": 128,
+                "source": "the synthetic stand-in: 01, 02 and 04 from a whole run, 03 and 05 rerun with the "
+                          "profile's final rate grid, same results"},
     "smoke": {"seconds": {"01": 9, "02": 15, "03": 25, "04": 8, "05": 8}, "cases": 900, "max_len": 48,
               "source": "smoke run at 4998f0c"},
 }

@@ -66,6 +66,12 @@ class Shared:
         return labelled.concat(CaseDataset(pool.encodings[:n], pool.labels[:n], pool.teacher_logits[:n]))
 
 
+# A training step's cost relative to a distilled step (docs/performance.md: the transfer arms' steps carry twice the
+# cases, a beyond-logit step costs 2-3x). Only the order in which the searches start reads it: the costliest start
+# first, so the cheap arms' runs fill the stage's last minutes instead of one long search running alone. Every run is
+# seeded, so the order never changes a result.
+STEP_COST = {**{a: 2.0 for a in TRANSFER_ARMS}, **{a: 2.5 for a in BEYOND_ARMS}}
+
 _SHARED: dict[str, Shared] = {}  # per process: loaded once by load_shared (the parent, or a worker's initializer)
 
 
@@ -137,7 +143,8 @@ def run_job(job: Job, accelerator: Any = None) -> dict[str, Any] | None:
     result = train(model, data, sh.val_set, cfg, mode=job.arm, alpha=st["alpha"], temperature=st["temperature"],
                    teacher_model=None if job.arm == CHAIN_ARM else sh.online_teacher, accelerator=accelerator,
                    inner_teacher=sh.teacher if job.arm in ONLINE_ARMS else None,
-                   extra_weight=st[ARM_WEIGHT[job.arm]] if job.arm in BEYOND_ARMS else 1.0)
+                   extra_weight=(st[ARM_WEIGHT[job.arm]] if job.weight is None else job.weight)
+                   if job.arm in BEYOND_ARMS else 1.0)
     if accelerator is not None and not accelerator.is_main_process:
         return None
     out = save_model(result.model, job_folder(sh.run_dir, job), spec)
@@ -199,7 +206,7 @@ def _run_jobs(jobs: list[Job], pool, label: str, on_done: Callable[[dict[str, An
         left = elapsed / k * (total - k)
         job = res["job"]
         kind = "" if job.final else " (trial)" if job.transfer_n is None else f" (curve point, {job.transfer_n} cases)"
-        lr = f"  lr {r['lr']:g}{kind}"
+        lr = f"  lr {r['lr']:g}{'' if job.weight is None else f'  weight {job.weight:g}'}{kind}"
         print(f"[{label} {k}/{total}, {elapsed:.0f} s, ~{left:.0f} s left] {r['model']:<20} {r['mode']:<21} "
               f"seed {r['seed']}{lr}: val {res['val_metric']:.3f}  best step {r['best_step']}/{r['steps']}"
               f"{' (early stop)' if r['stopped_early'] else ''}  "
@@ -419,6 +426,7 @@ def run_student_stage(p: StudentParams) -> dict[str, Any]:
     try:
         jobs = [j for n in p.students for arm in arms if arm != CHAIN_ARM
                 and (arm not in TRANSFER_ARMS or n in transfer_students) for j in start_search(n, arm)]
+        jobs.sort(key=lambda j: -STEP_COST.get(j.arm, 1.0))  # the costliest searches first (see STEP_COST)
         later = sum(len(p.seeds) - len(tune_seeds) for _ in searches) + (len(links) - 1) * len(p.seeds)
         done = _run_jobs(jobs, pool, "runs", on_done=on_done, later=later, slots=workers)
         finals = [r for r in done if r["job"].final] + list(promoted.values())

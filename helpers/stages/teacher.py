@@ -157,7 +157,9 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
                 done = pool.map(fit_teacher, [dict(j, threads=per_process, lines=lines) for j in jobs])
             scored = score_chunks(run_dir, wanted, sizes, pool=pool, threads=per_process, **score_args)
         print(f"(the {len(jobs)} teachers trained side by side in {n_proc} processes, {per_process} thread(s) each; "
-              f"their splits scored in chunks over the same processes)", flush=True)
+              f"their splits scored in chunks over the same processes)" if len(jobs) > 1 else
+              f"(the teacher trained in a worker process with {per_process} thread(s); its splits scored in chunks)",
+              flush=True)
     else:
         done = [fit_teacher(j) for j in jobs]
         scored = score_chunks(run_dir, wanted, sizes, **score_args)
@@ -179,8 +181,9 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
     metrics, preds = record(entries["teacher"], t_logits, labels, None, splits["test"]["id"])
     references = [reference_folder(s) for s in p.reference_seeds]
     recorded = [record(entries[f], results[f]["logits"], labels, t_logits, splits["test"]["id"]) for f in references]
-    r_test = pd.concat([m[m["split"] == "test"] for m, _ in recorded], ignore_index=True)
     r_cols = ["accuracy", "macro_f1", "roc_auc", "agreement", "kl_to_teacher"]
+    r_test = (pd.concat([m[m["split"] == "test"] for m, _ in recorded], ignore_index=True) if recorded
+              else pd.DataFrame(columns=["seed", *r_cols]))  # reference_seeds []: no reference teacher
     t_test = metrics[metrics["split"] == "test"].iloc[0].to_dict()
     t_val = metrics[metrics["split"] == "val"].iloc[0].to_dict()
     base = card["baselines"]
@@ -192,7 +195,7 @@ def run_teacher_stage(p: TeacherParams, *, progress: bool = True) -> dict[str, A
         "val": {k: t_val[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
         "test": {k: t_test[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", share)},
         # the teacher retrained with other seeds, on test: the mean over the reference seeds, and each seed
-        "reference_test": r_test[r_cols].mean().to_dict(),
+        "reference_test": r_test[r_cols].mean().to_dict() if recorded else {},
         "reference_test_per_seed": [{"seed": int(r["seed"]), **{k: r[k] for k in r_cols}}
                                     for r in r_test.to_dict("records")],
         "collapsed": collapsed, "collapse_gate_split": "val",
