@@ -83,3 +83,22 @@ def test_the_table_has_a_row_per_rate_and_seed_with_the_chosen_flag_and_the_seed
     _fill(s2, lambda lr, seed: vals[(lr, seed)])
     t2 = lr_table([s2], [trial(lr, seed) for lr, seed in vals], "macro_f1")
     assert t2.loc[t2["lr"] == 1e-3, "within_seed_spread"].tolist() == [False, False]
+
+
+def test_the_notebook_names_a_near_tie_and_says_when_one_seed_cannot_measure_it(tmp_path):
+    from helpers.views.training import lr_choice_text
+
+    def write(seeds, vals):
+        s = ArmSearch("m", "distilled", [5e-4, 1e-3, 2e-3], seeds=seeds, extensions=0)
+        _fill(s, lambda lr, seed: vals[lr] + 0.01 * seed)
+        trials = [{"job": SimpleNamespace(name="m", arm="distilled", lr=lr, seed=seed), "val_metric": score,
+                   "row": {"best_step": 10, "steps": 20}} for (lr, seed), score in s.scores.items()]
+        (tmp_path / "models").mkdir(exist_ok=True)
+        lr_table([s], trials, "macro_f1").to_csv(tmp_path / "models" / "lr_selection.csv", index=False)
+        return lr_choice_text(tmp_path)
+
+    vals = {5e-4: 0.70, 1e-3: 0.75, 2e-3: 0.749}
+    one = write([0], vals)
+    assert "interior" in one and "one seed (0)" in one and "not measured" in one
+    two = write([0, 3], vals)  # seed sd about 0.02: 2e-3 sits within it of the chosen 1e-3, 5e-4 does not
+    assert "m distilled (0.002)" in two and "one seed" not in two

@@ -116,7 +116,7 @@ def plot_student_curves(run_dir: str | Path, metric: str = "val_accuracy") -> Fi
     h = _histories(run_dir, idx["students"])
     names = list(dict.fromkeys(h["model"]))
     arms = list(dict.fromkeys(h["mode"]))
-    fig = Figure(figsize=(3.6 * len(names), 3.5))
+    fig = Figure(figsize=(max(3.6 * len(names), 7.5), 3.5))  # one student: wide enough for the title
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         sub = h[h["model"] == name]
@@ -366,6 +366,11 @@ def lr_choice_text(run_dir: str | Path) -> str:
             for (m, a), g in per_arm if (g["within_seed_spread"] & ~g["chosen"]).any()]
     parts = [f"Still at an edge of the rates tried (the search ran out of extensions; a wider grid might do "
              f"better): {', '.join(edge)}." if edge else "Every chosen rate is interior to the rates tried."]
+    if lr["seed"].nunique() < 2:  # lr_tune_seeds 1: no seed-to-seed spread to compare the rates against
+        parts.append(f"The rates were tried on one seed ({int(lr['seed'].iloc[0])}), so their seed-to-seed spread is "
+                     f"not measured: a small difference between two rates may be noise (lr_tune_seeds 2 or more "
+                     f"measures it).")
+        return " ".join(parts)
     parts.append(f"Another rate within the seed-to-seed spread of the chosen one (a near-tie the tuning seeds cannot "
                  f"split; either rate is a fair choice): {'; '.join(near)}." if near else
                  "No other rate is within the seed-to-seed spread of a chosen one.")
