@@ -12,6 +12,10 @@ from helpers.core.params import AttributionParams, DataParams, ReportParams, Stu
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread for the whole session, module and session fixtures included (the per-test fixture below only covers
+# tests): a process whose OpenMP pool ever ran two threads can hang in a forked child, and accelerate's
+# debug_launcher (tests/test_launcher.py) forks this process.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

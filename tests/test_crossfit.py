@@ -10,7 +10,7 @@ import pytest
 from helpers.config.resolve import resolve
 from helpers.core.errors import ConfigError
 from helpers.data.splits import crossfit_split
-from helpers.models.tokenization import get_tokenizer, head_tail_ids, tokenize
+from helpers.models.tokenization import get_tokenizer, head_tail_ids, tokenize, window_ids
 from helpers.run.crossfit import crossfit, fold_dir, pool_folds
 from helpers.run.estimate import MEASURED, estimate_text
 from helpers.training.datasets import encode
@@ -53,7 +53,11 @@ def test_crossfit_parameters_are_checked(change, name):
 
 
 def test_smoke_crossfit_pools_every_case_once(tmp_path):
-    params = resolve("smoke", run_dir=str(tmp_path / "cf"))
+    # The smoke profile cut to what pooling needs (a teacher and one student's independent and distilled arms per
+    # fold): the other arms pool the same way, and the smoke run (tests/conftest.py) trains them all.
+    params = resolve("smoke", run_dir=str(tmp_path / "cf"), overrides={
+        "students": ["Smoke_Half_1x64"], "arms": ["independent", "distilled"], "transfer_students": [],
+        "reference_seeds": [], "transfer_curve": [], "synthetic_transfer_n": 0, "transfer_n": 0})
     pooled = crossfit(params, 2)
     cards = [json.loads((fold_dir(tmp_path / "cf", k) / "data" / "data_card.json").read_text()) for k in range(2)]
     usable = cards[0]["n_train"] + cards[0]["n_val"] + cards[0]["n_test"]
@@ -89,3 +93,35 @@ def test_head_tail_keeps_the_first_quarter_and_the_last_three_quarters():
     assert [e["input_ids"] for e in encode([long], 34, "head_tail")] == ids[:1]
     with pytest.raises(ValueError, match="reading"):
         encode([long], 34, "middle")
+
+
+def test_windows_cover_a_long_text_in_order_up_to_the_cap():
+    tok = get_tokenizer()
+    long = " ".join(f"w{i}" for i in range(300))
+    short = "the court affirmed"
+    full = tok(long)["input_ids"]
+    body = full[1:-1]
+    wins = window_ids([long, short], 34, max_windows=100)
+    assert all(w[0] == tok.cls_token_id and w[-1] == tok.sep_token_id and len(w) <= 34 for w in wins[0])
+    assert [t for w in wins[0] for t in w[1:-1]] == body  # every token once, in order, nothing overlapping
+    assert len(wins[0]) == -(-len(body) // 32) and wins[1] == [tokenize([short], 34)["input_ids"][0]]
+    assert window_ids([long], 34, max_windows=2)[0] == wins[0][:2]
+    with pytest.raises(ValueError, match="max_windows"):
+        window_ids([long], 34, max_windows=0)
+
+
+def test_compare_reading_pools_a_case_by_the_mean_of_its_windows_and_checks_its_readings():
+    import importlib.util
+
+    from helpers.core.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("compare_reading", REPO_ROOT / "scripts" / "compare_reading.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    logits = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]])
+    np.testing.assert_allclose(script._pool(logits, np.array([0, 0, 1]), 2), [[2.0, 1.0], [0.0, 5.0]])
+    assert script.parse_reading("windows:128") == ("windows", 128, None)
+    assert script.parse_reading("head:256:weighted") == ("head", 256, "weighted")
+    for bad in ("middle:128", "head:4", "head:128:balanced", "head"):
+        with pytest.raises(SystemExit, match="--readings"):
+            script.parse_reading(bad)

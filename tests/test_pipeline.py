@@ -90,11 +90,18 @@ def test_rerun_with_same_parameters_skips_everything(smoke_run):
     assert [x["status"] for x in report] == ["skipped"] * 5
 
 
-def test_sweep_reruns_only_the_student_stage(smoke_run):
+def test_sweep_reruns_only_the_student_stage(smoke_run, tmp_path):
+    import shutil
+
     from helpers.run.sweep import sweep
 
-    table = sweep([("alpha", "0.2,0.8")], profile="smoke", run_dir=str(smoke_run))
-    sweep_dir = smoke_run.parent / f"{smoke_run.name}-sweep"
+    # A copy of the smoke run (the sweep rewrites its base's params.yaml), swept over the arms the sweep treats
+    # differently: the logit arms and the chain, whose links each combination retrains.
+    base = tmp_path / "run"
+    shutil.copytree(smoke_run, base)
+    table = sweep([("alpha", "0.2,0.8")], profile="smoke", fixed=[("arms", "independent,distilled,chain")],
+                  run_dir=str(base))
+    sweep_dir = base.parent / f"{base.name}-sweep"
     assert (sweep_dir / "sweep.csv").is_file() and (sweep_dir / "sweep.png").is_file()
     acc = table[table["metric"] == "accuracy"]
     # one best combination per student x arm, and it is the one with the best validation accuracy
@@ -105,6 +112,7 @@ def test_sweep_reruns_only_the_student_stage(smoke_run):
     # the chain arm is swept too: against independent, and chain_vs_direct (against distilled)
     assert {("chain", "independent"), ("chain", "distilled")} <= set(zip(table["arm"], table["against"]))
     base_manifest = (smoke_run / "manifests" / "02_train_teacher.json").read_text()
+    assert set(table["arm"]) == {"distilled", "chain"}
     for combo in ("alpha=0.2", "alpha=0.8"):
         folder = sweep_dir / combo
         # the teacher stage was reused (its manifest is the base run's, byte for byte), the student stage ran

@@ -89,18 +89,20 @@ def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeyp
     teacher, Tiny from Half's seed-0 distilled model, whose train logits are cached once and are what Tiny sees."""
     from helpers.core.run_folder import read_index
     from helpers.models.build import load_model
-    from helpers.stages import students as stage
+    from helpers.stages import student_runs
+    from helpers.training.datasets import encode_splits
+    from helpers.training.loop import predict_logits
     from helpers.training.teacher_logits import load_teacher_logits
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    seen, real_train = [], stage.train
+    seen, real_train = [], student_runs.train
 
     def spy(model, train_set, val_set, cfg, mode="independent", **kw):
         seen.append((mode, cfg.seed, train_set.teacher_logits, kw.get("teacher_model")))
         return real_train(model, train_set, val_set, cfg, mode=mode, **kw)
 
-    monkeypatch.setattr(stage, "train", spy)
+    monkeypatch.setattr(student_runs, "train", spy)
     out = run_student_stage(student_params(run_dir, students=["Smoke_Tiny_1x32", "Smoke_Half_1x64"],
                                            arms=["independent", "distilled", "chain"], seeds=[0, 1],
                                            student_max_steps=20, eval_every=10, patience=0, student_lr_grid=[2e-3],
@@ -122,9 +124,9 @@ def test_chain_students_learn_from_the_previous_link(tiny_run, tmp_path, monkeyp
 
     # what the chain runs trained on: the previous link's logits on the training split, not the teacher's
     cases = data_store.load_cases(run_dir)
-    encoded = stage.encode_splits({"train": cases["train"]}, MAX_LEN)["train"]
+    encoded = encode_splits({"train": cases["train"]}, MAX_LEN)["train"]
     half = load_model(run_dir / link["teacher_path"])
-    expected = stage.predict_logits(half, encoded)
+    expected = predict_logits(half, encoded)
     teacher = load_teacher_logits(run_dir, cases, MAX_LEN)["train"]
     chain_runs = [s for s in seen if s[0] == "chain"]
     assert len(chain_runs) == 2 and all(s[3] is None for s in chain_runs)

@@ -51,7 +51,7 @@ def test_the_runs_own_trials_stand_for_the_current_weight_and_nothing_is_scored_
 
 def test_a_retrained_trial_at_the_current_weight_reproduces_the_stage_score(chosen):
     """Reusing the stage's trial is only sound if the run is deterministic: retrain one and compare."""
-    from helpers.stages.students import load_shared, run_job
+    from helpers.stages.student_runs import load_shared, run_job
     from helpers.training.internals import ARM_WEIGHT
     from helpers.training.jobs import Job
 

@@ -72,3 +72,20 @@ def head_tail_ids(texts: Sequence[str], max_len: int) -> list[list[int]]:
         inner = ids[1:-1]
         out.append([ids[0], *inner[:head], *inner[len(inner) - (body - head):], ids[-1]])
     return out
+
+
+def window_ids(texts: Sequence[str], max_len: int, max_windows: int) -> list[list[list[int]]]:
+    """Each text as consecutive, non-overlapping windows of at most `max_len` tokens: [CLS], the next `max_len` - 2
+    tokens of the text, [SEP]; at most `max_windows` per text (the rest is not read). A text of `max_len` tokens or
+    fewer is one window, read exactly as `tokenize` reads it. A model reading windows scores a case by pooling its
+    windows' logits (scripts/compare_reading.py)."""
+    if max_len < 3 or max_windows < 1:
+        raise ValueError(f"window_ids: max_len {max_len} (at least 3) and max_windows {max_windows} (at least 1)")
+    enc = get_tokenizer()(list(texts), truncation=False, verbose=False)
+    body = max_len - 2
+    out = []
+    for ids in enc["input_ids"]:
+        inner = ids[1:-1]
+        starts = range(0, max(len(inner), 1), body)
+        out.append([[ids[0], *inner[s:s + body], ids[-1]] for s in starts][:max_windows])
+    return out

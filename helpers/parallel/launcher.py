@@ -142,7 +142,7 @@ def launch_teacher(job: dict[str, Any], *, processes: int, threads: int) -> dict
 
 
 def launch_student(job: Any, run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """students.run_job(job), run data-parallel in settings["processes"] processes; returns what run_job returns."""
+    """student_runs.run_job(job), run data-parallel in settings["processes"] processes; returns what run_job returns."""
     folder = job_folder(run_dir, job)
     start = time.perf_counter()
     spec = {"kind": "student", "run_dir": str(Path(run_dir).resolve()), "settings": settings, "job": asdict(job)}

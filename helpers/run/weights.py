@@ -12,7 +12,7 @@ import pandas as pd
 from helpers.core.constants import BEYOND_ARMS
 from helpers.core.run_folder import project_path, read_json, write_csv
 from helpers.parallel.plan import threads_each
-from helpers.stages.students import _init_worker, _run_jobs, load_shared
+from helpers.stages.student_runs import init_worker, load_shared, run_jobs
 from helpers.training.internals import ARM_WEIGHT
 from helpers.training.jobs import Job
 from helpers.training.lr_search import ArmSearch
@@ -81,10 +81,10 @@ def choose_weights(run_dir: str | Path, weights: list[float], extensions: int = 
             print(f"{job.name} {job.arm}: best weight at the edge; trying {wider[0]:g}", flush=True)
         return todo(s, wider)
 
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+    pool = mp.get_context("spawn").Pool(workers, initializer=init_worker,
                                         initargs=(str(run_dir), settings, threads_each(settings["threads"], workers)))
     try:
-        _run_jobs([j for s in searches for j in todo(s, s.grid)], pool, "runs", on_done=on_done, slots=workers)
+        run_jobs([j for s in searches for j in todo(s, s.grid)], pool, "runs", on_done=on_done, slots=workers)
     finally:
         pool.close()
         pool.join()

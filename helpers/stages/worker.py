@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from helpers.parallel.launcher import dump_result
-from helpers.stages.students import load_shared, run_job
+from helpers.stages.student_runs import load_shared, run_job
 from helpers.stages.teacher import fit_teacher
 from helpers.training.jobs import Job
 
