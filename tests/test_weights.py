@@ -14,6 +14,10 @@ def chosen(smoke_run, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("weights") / "run"
     shutil.copytree(smoke_run, run_dir)
+    # One student's searches only (the other's would run the same way): half the retraining
+    selection = run_dir / "models" / "lr_selection.csv"
+    lrs = pd.read_csv(selection)
+    lrs[lrs["model"] == lrs["model"].iloc[0]].to_csv(selection, index=False)
     before = {p: (run_dir / "models" / p).read_bytes() for p in ("student_runs.csv", "metrics.csv",
                                                                   "predictions.csv", "lr_selection.csv")}
     table = choose_weights(run_dir, [2.0], extensions=0)
