@@ -404,7 +404,8 @@ STAGE_ARGS = dict(device="cpu", max_len=32, ig_examples=6, ig_steps=8, ig_max_st
 def test_stage_writes_every_documented_file(run_folder, capsys):
     res = attribution_stage.run_attribution_stage(attribution_params(run_folder, **STAGE_ARGS))
     out = run_folder / "attributions"
-    for name in ["per_example.csv", "summary.csv", "agreement.csv", "contrasts.csv", "timing.csv", "examples.csv",
+    for name in ["per_example.csv", "summary.csv", "agreement.csv", "contrasts.csv", "precision_plan.csv",
+                 "timing.csv", "examples.csv",
                  "examples.html", "cache/teacher.safetensors", "cache/teacher_reference__seed1.safetensors",
                  "cache/teacher_reference__seed2.safetensors"]:
         assert (out / name).is_file(), name

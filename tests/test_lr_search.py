@@ -102,3 +102,18 @@ def test_the_notebook_names_a_near_tie_and_says_when_one_seed_cannot_measure_it(
     assert "interior" in one and "one seed (0)" in one and "not measured" in one
     two = write([0, 3], vals)  # seed sd about 0.02: 2e-3 sits within it of the chosen 1e-3, 5e-4 does not
     assert "m distilled (0.002)" in two and "one seed" not in two
+
+
+def test_the_table_is_the_same_whatever_order_the_trials_finish_in():
+    """Trials arrive in the order they finish; the table (rows and every digit of seed_sd) does not depend on it."""
+    vals = {(1e-3, 0): 0.5, (1e-3, 1): 0.511, (2e-3, 0): 0.61, (2e-3, 1): 0.60}  # pandas: sd of 0.5, 0.511 by order
+
+    def table(order):
+        s = ArmSearch("m", "distilled", [1e-3, 2e-3], seeds=[0, 1], extensions=0)
+        _fill(s, lambda lr, seed: vals[(lr, seed)])
+        trials = [{"job": SimpleNamespace(name="m", arm="distilled", lr=lr, seed=seed), "val_metric": vals[(lr, seed)],
+                   "row": {"best_step": 10, "steps": 20}} for lr, seed in order]
+        return lr_table([s], trials, "macro_f1").to_csv(index=False)
+
+    keys = list(vals)
+    assert table(keys) == table(keys[::-1]) == table([keys[1], keys[3], keys[0], keys[2]])

@@ -72,6 +72,9 @@ def test_smoke_pipeline_writes_the_run_folder_contract(smoke_run):
     # every arm against independent, and every arm but distilled against distilled, for both students
     tiny = contrasts[(contrasts["model"] == "Smoke_Tiny_1x32") & (contrasts["metric"] == "cosine")]
     assert len(tiny) == 7 + 6 and set(tiny["endpoint"]) == {"primary"}
+    plan = pd.read_csv(r / "attributions" / "precision_plan.csv")
+    assert len(plan) == (contrasts["metric"] == "cosine").sum()  # one plan row per contrast of the family
+    assert plan["seeds_needed"].isna().all()  # the smoke run explains one seed: no seed variance to plan from
     assert (r / "summary.json").is_file() and (r / "report.html").is_file()
     entries = json.loads((r / "summary.json").read_text())["models"]
     chain_entries = [e for e in entries if e["mode"] == "chain"]

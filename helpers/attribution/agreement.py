@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from helpers.evaluation.precision import variance_components
 from helpers.evaluation.verdicts import decided_sign, holm, per_case_interval
 from helpers.training.loop import predict_logits
 
@@ -196,7 +197,8 @@ SUMMARY_COLUMNS = ["model", "mode", "seed", "metric", "mean", "ci_low", "ci_high
 AGREEMENT_COLUMNS = ["model", "mode", "metric", "mean", "ci_low", "ci_high", "ci_half_width", "se", "df", "seed_sd",
                      "n_cases", "n_seeds", "n_excluded"]
 CONTRAST_COLUMNS = ["model", "arm", "against", "metric", "diff", "ci_low", "ci_high", "ci_half_width", "se", "df",
-                    "p_value", "seed_sd", "n_cases", "n_seeds", "n_excluded", "endpoint", "p_adjusted", "verdict"]
+                    "p_value", "seed_sd", "var_seed", "var_case", "var_residual", "n_cases", "n_seeds", "n_excluded",
+                    "endpoint", "p_adjusted", "verdict"]
 
 
 def _case_table(g: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -210,10 +212,12 @@ def _interval_row(table: pd.DataFrame) -> dict | None:
     complete = table.dropna()
     if len(complete) < 2:
         return None
-    st = per_case_interval(complete.to_numpy().T)
+    d = complete.to_numpy().T
+    st, comp = per_case_interval(d), variance_components(d)
     return {"mean": st["diff"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
             "ci_half_width": (st["ci_high"] - st["ci_low"]) / 2, "se": st["se"], "df": st["df"],
-            "p_value": st["p_value"], "seed_sd": st["seed_sd"], "n_cases": len(complete),
+            "p_value": st["p_value"], "seed_sd": st["seed_sd"], "var_seed": comp.seed, "var_case": comp.case,
+            "var_residual": comp.residual, "n_cases": len(complete),
             "n_seeds": int(table.shape[1]), "n_excluded": int(len(table) - len(complete))}
 
 

@@ -351,6 +351,8 @@ class AttributionParams(DeviceParams, BootstrapParams):
     ig_delta_threshold: float = param(0.05, "|convergence delta| / max(|logit change|, 1) tolerated; a case over it "
                                             "at ig_max_steps is left out of means, counted", positive_number)
     topk: int = param(10, "k of top-k overlap and rationale recall", positive_int)
+    attribution_target: float = param(0.03, "half-width in attribution cosine that 04's plan aims each contrast at "
+                                            "(it says the seeds and cases that would reach it)", positive_number)
     attribution_seeds: list = param([0, 1, 2, 3, 4], "student seeds explained (intervals treat seeds and cases as "
                                                      "random; one seed: they cover one training run)", seed_list)
     aggregate_words: bool = param(False, "sum word pieces into words before comparing", boolean)

@@ -128,13 +128,21 @@ def two_way_se(ms_seed: float, ms_case: float, ms_within: float, n_seeds: int, n
     if n_seeds < 2:
         return float(np.sqrt(max(ms_case, 0.0))), float(max(n_cases - 1, 1))
     ms_res = max(ms_within - ms_case, 0.0) / (n_seeds - 1)
+    return combine_mean_squares(ms_seed, ms_case, ms_res, ms_seed > ms_res, ms_case > ms_res, n_seeds, n_cases)
+
+
+def combine_mean_squares(ms_seed: float, ms_case: float, ms_res: float, seed_term: bool, case_term: bool,
+                         n_seeds: int, n_cases: int) -> tuple[float, float]:
+    """two_way_se's standard error and Satterthwaite degrees of freedom from the three mean squares (divided by SN)
+    and which of the seed and case components are present (estimated above zero). Shared with the precision plan
+    (helpers.evaluation.precision), which knows from its components which terms are present."""
     df_seed, df_case, df_res = n_seeds - 1, n_cases - 1, (n_seeds - 1) * (n_cases - 1)
-    if ms_seed > ms_res and ms_case > ms_res:
+    if seed_term and case_term:
         terms = [(ms_seed, df_seed), (ms_case, df_case), (ms_res, df_res)]
         var = ms_seed + ms_case - ms_res
-    elif ms_seed > ms_res:
+    elif seed_term:
         terms, var = [(ms_seed, df_seed)], ms_seed
-    elif ms_case > ms_res:
+    elif case_term:
         terms, var = [(ms_case, df_case)], ms_case
     else:
         terms, var = [(ms_res, df_res)], ms_res

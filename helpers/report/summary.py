@@ -50,6 +50,7 @@ class RunTables:
     attribution_agreement: pd.DataFrame | None = None  # attributions/agreement.csv: per arm, over seeds and cases
     attribution_contrasts: pd.DataFrame | None = None  # attributions/contrasts.csv: the attribution family
     chain: pd.DataFrame | None = None  # models/chain.csv: who taught whom in the chain arm
+    precision_plan: pd.DataFrame | None = None  # attributions/precision_plan.csv: what the attribution target takes
 
 
 def _optional_csv(path: Path, **kwargs) -> pd.DataFrame | None:
@@ -76,7 +77,8 @@ def load_tables(run_dir: str | Path) -> RunTables:
                      attribution_agreement=_optional_csv(run / "attributions" / "agreement.csv"),
                      attribution_contrasts=_optional_csv(run / "attributions" / "contrasts.csv",
                                                          keep_default_na=False, na_values=[""]),
-                     chain=_optional_csv(run / "models" / "chain.csv"))
+                     chain=_optional_csv(run / "models" / "chain.csv"),
+                     precision_plan=_optional_csv(run / "attributions" / "precision_plan.csv"))
 
 
 def _num(x: Any) -> float | None:

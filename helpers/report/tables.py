@@ -11,7 +11,7 @@ import pandas as pd
 from helpers.core.constants import ARMS
 from helpers.report.html import write_report
 from helpers.report.summary import QUESTION, kd_verdicts, load_tables, teacher_collapsed
-from helpers.views.attribution import agreement_table, contrast_table
+from helpers.views.attribution import agreement_table, contrast_table, precision_table
 from helpers.views.training import baselines_frame
 
 ATTRIBUTION_TITLE = ("Attribution agreement with the teacher per arm (★ reference = the teacher retrained with other "
@@ -247,6 +247,10 @@ def report_tables(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, pd.
             ["latency_ms_b32", "speedup_vs_fp32", "accuracy", "accuracy_change", "agreement_with_fp32"]].mean().round(3)
     if t.attribution_contrasts is not None:
         out[CONTRAST_TITLE] = attribution_contrast_table(run)
+    if t.precision_plan is not None and len(t.precision_plan):
+        target = t.precision_plan["target"].iloc[0]
+        out[f"Attribution precision: each contrast's half-width against ±{target:g}, and the seeds that would reach "
+            f"it (projected from this run's seed and case variance; notebook 04)"] = precision_table(t.precision_plan)
     if t.attribution_agreement is not None:
         out[f"{ATTRIBUTION_TITLE} {summary.get('attribution_scope') or ''}".strip()] = attribution_table(run)
     return out

@@ -36,7 +36,7 @@ STAGE_OUTPUTS: dict[str, list[str]] = {
            "models/metrics.csv", "models/predictions.csv"],
     "03": ["models/kd_gain.csv", "models/student_runs.csv"],
     "04": ["attributions/summary.csv", "attributions/per_example.csv", "attributions/agreement.csv",
-           "attributions/contrasts.csv"],
+           "attributions/contrasts.csv", "attributions/precision_plan.csv"],
     "05": ["summary.json", "report.html"],
 }
 

@@ -25,6 +25,7 @@ from helpers.core.params import AttributionParams
 from helpers.core.progress import progress
 from helpers.data.rationales import load_rationales
 from helpers.data.store import load_classes
+from helpers.evaluation.precision import precision_plan
 from helpers.models.build import load_model
 from helpers.training.checkpoints import teacher_summary
 from helpers.training.loop import predict_logits
@@ -36,7 +37,7 @@ PER_EXAMPLE_COLUMNS = ["model", "mode", "seed", "id", "label", "teacher_pred", "
                        *agreement.RANDOM_METRICS]
 TIMING_COLUMNS = ["model", "mode", "seed", "n_examples", "seconds", "seconds_per_example", "mean_ig_steps",
                   "cached", "faithfulness_seconds", "precision"]
-OUTPUTS = ("per_example", "summary", "agreement", "contrasts", "timing", "examples")
+OUTPUTS = ("per_example", "summary", "agreement", "contrasts", "precision_plan", "timing", "examples")
 
 
 def run_attribution_stage(p: AttributionParams, *, seed: int = 0) -> dict:
@@ -155,6 +156,7 @@ def run_attribution_stage(p: AttributionParams, *, seed: int = 0) -> dict:
             summary.loc[len(summary)] = ["random", "baseline", -1, "rationale_recall", mean, lo, hi, n_ok, 0]
     arms = agreement.arm_agreement(per_example)
     contrasts = agreement.attribution_contrasts(per_example)
+    plan = precision_plan(contrasts, p.attribution_target, len(test))
     timing_df = pd.DataFrame(timing, columns=TIMING_COLUMNS)
     scope = agreement.scope_of(per_example)
     html = render_html(examples, frame, scores, entries, n=3, class_names=load_classes(run)["classes"])
@@ -164,10 +166,11 @@ def run_attribution_stage(p: AttributionParams, *, seed: int = 0) -> dict:
     summary.to_csv(paths["summary"], index=False)
     arms.to_csv(paths["agreement"], index=False)
     contrasts.to_csv(paths["contrasts"], index=False)
+    plan.to_csv(paths["precision_plan"], index=False)
     timing_df.to_csv(paths["timing"], index=False)
     paths["examples_html"].write_text(html, encoding="utf-8")
     return {"paths": paths, "per_example": per_example, "summary": summary, "agreement": arms,
-            "contrasts": contrasts, "timing": timing_df, "examples": frame, "scope": scope,
+            "contrasts": contrasts, "precision_plan": plan, "timing": timing_df, "examples": frame, "scope": scope,
             "html": _displayable(html), "has_rationales": cues is not None}
 
 

@@ -73,6 +73,8 @@ def lr_table(searches: list[ArmSearch], trials: list[dict], metric: str) -> pd.D
             for t in trials]
     table = pd.DataFrame(rows, columns=["model", "arm", "lr", "seed", "val_metric", "best_step", "steps"])
     table["metric"] = metric
+    # trials arrive in the order they finish: sorted, every sum below runs in seed order (same digits every run)
+    table = table.sort_values(["model", "arm", "lr", "seed"], kind="stable", ignore_index=True)
     out = []
     for s in searches:
         sub = table[(table["model"] == s.name) & (table["arm"] == s.arm)].copy()

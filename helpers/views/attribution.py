@@ -162,6 +162,27 @@ def contrast_table(contrasts: pd.DataFrame, metric: str = "cosine") -> pd.DataFr
         "seeds": d["n_seeds"], "excluded": d["n_excluded"], "verdict": d["verdict"]}).reset_index(drop=True)
 
 
+def precision_table(plan: pd.DataFrame) -> pd.DataFrame:
+    """Each attribution-family contrast's half-width against the target, and the seeds that would reach it."""
+    def seeds(v) -> str:
+        return "not reachable" if pd.isna(v) else str(int(v))
+
+    target = plan["target"].iloc[0] if len(plan) else float("nan")
+    all_cases = plan["test_cases"].iloc[0] if len(plan) else 0
+    return pd.DataFrame({
+        "student": plan["model"], "arm": plan["arm"], "against": plan["against"],
+        "seeds x cases": [f"{r.n_seeds} x {r.n_cases}" for r in plan.itertuples()],
+        "± half-width": plan["ci_half_width"].round(3),
+        "seed term (se)": plan["seed_sd_term"].round(4), "case term (se)": plan["case_sd_term"].round(4),
+        f"within ±{target:g}": plan["met"].map({True: "yes", False: "no"}),
+        "seeds needed, these cases": [seeds(v) if r.n_seeds > 1 else "one seed: unknown"
+                                      for v, r in zip(plan["seeds_needed"], plan.itertuples())],
+        f"seeds needed, all {all_cases} test cases": [seeds(v) if r.n_seeds > 1 else "one seed: unknown"
+                                                      for v, r in zip(plan["seeds_needed_all_cases"],
+                                                                      plan.itertuples())],
+    }).reset_index(drop=True)
+
+
 def faithfulness_plot(agreement: pd.DataFrame, summary: pd.DataFrame | None = None,
                       run_dir: str | Path | None = None) -> Figure:
     """Comprehensiveness, sufficiency and rationale recall per model x arm (two-way 95% CIs over seeds and cases),
