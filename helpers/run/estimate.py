@@ -12,6 +12,8 @@ MEASURED: dict[str, dict[str, Any]] = {
                 "source": "make run at 7e5c34f"},
     "beyond": {"seconds": {"01": 13, "02": 129, "03": 1268, "04": 270, "05": 52}, "cases": 3150, "max_len": 64,
                "source": "03-05 at 7e5c34f; 01-02 and the teachers' 110 s of stage 04 from the default run"},
+    "attribution": {"seconds": {"01": 13, "02": 155, "03": 3052, "04": 3427, "05": 28}, "cases": 3150, "max_len": 64,
+                    "source": "a run at 85fa19f, 01 reused from the beyond run"},
     "justice": {"seconds": {"01": 30, "02": 328, "03": 2138, "04": 32, "05": 33}, "cases": 2999, "max_len": 128,
                 "source": "the synthetic stand-in: 01, 02 and 04 from a whole run, 03 and 05 rerun with the "
                           "profile's final rate grid, same results"},
