@@ -1,11 +1,11 @@
 """How precise a paired contrast would be with other numbers of seeds and cases, and what a target half-width takes.
 
 A contrast's per-case, per-seed differences d_si = mu + a_s + b_i + e_si (seed, case and seed x case effects) have
-three variance components. `variance_components` estimates them from a complete [seeds x cases] table, with the
-same mean squares the run's own interval uses (verdicts.per_case_interval); `projected_interval` puts the expected
-mean squares of another design (S seeds, N cases) through the same two_way_se, so at the run's own design it gives
-back the run's interval, and elsewhere the interval a run of that size would expect to get. `seeds_needed` is the
-fewest seeds whose projected half-width is at most a target.
+three variance components. `variance_components` estimates them from a complete [seeds x cases] table, from the mean
+squares the run's own interval uses (verdicts.case_mean_squares) and with its rule for a component below zero;
+`projected_interval` puts the expected mean squares of another design (S seeds, N cases) through the same
+two_way_se, so at the run's own design it gives back the run's interval, and elsewhere the interval a run of that
+size would expect to get. `seeds_needed` is the fewest seeds whose projected half-width is at most a target.
 
 The projection inherits the uncertainty of the components: with 5 seeds the seed variance rests on 4 degrees of
 freedom, so a plan from a small run is a first estimate, and the run it asks for measures its own interval.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from helpers.evaluation.verdicts import combine_mean_squares, two_way_se
+from helpers.evaluation.verdicts import case_mean_squares, combine_mean_squares, two_way_se
 
 MAX_SEEDS = 1000  # seeds_needed looks no further
 
@@ -43,12 +43,10 @@ def variance_components(d: np.ndarray) -> Components:
         raise ValueError(f"variance_components needs a complete table of at least 2 cases, got shape {d.shape}")
     if n_seeds < 2:
         return Components(seed=0.0, case=float(np.var(d[0], ddof=1)), residual=0.0)
-    ms_seed = n_cases * float(np.var(d.mean(axis=1), ddof=1))
-    ms_case = n_seeds * float(np.var(d.mean(axis=0), ddof=1))
-    resid = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + d.mean()
-    ms_res = float((resid ** 2).sum()) / ((n_seeds - 1) * (n_cases - 1))
-    return Components(seed=max(ms_seed - ms_res, 0.0) / n_cases, case=max(ms_case - ms_res, 0.0) / n_seeds,
-                      residual=ms_res)
+    ms_seed, ms_case, ms_within = case_mean_squares(d)  # each divided by S N, as two_way_se reads them
+    ms_res = max(ms_within - ms_case, 0.0) / (n_seeds - 1)
+    return Components(seed=n_seeds * max(ms_seed - ms_res, 0.0), case=n_cases * max(ms_case - ms_res, 0.0),
+                      residual=n_seeds * n_cases * ms_res)
 
 
 def projected_interval(c: Components, n_seeds: int, n_cases: int, level: float = 0.95) -> tuple[float, float, float]:

@@ -193,11 +193,17 @@ def per_case_interval(d: np.ndarray, level: float = 0.95) -> dict[str, float]:
     if n < 2 or np.isnan(d).any():
         raise ValueError(f"per_case_interval needs a complete table of at least 2 cases, got shape {d.shape} with "
                          f"{int(np.isnan(d).sum())} missing")
-    diffs = d.mean(axis=1)
-    ms_seed = float(np.var(diffs, ddof=1)) / n_seeds if n_seeds > 1 else 0.0
+    return _t_interval(float(d.mean()), d.mean(axis=1), *two_way_se(*case_mean_squares(d), n_seeds, n), level)
+
+
+def case_mean_squares(d: np.ndarray) -> tuple[float, float, float]:
+    """two_way_se's inputs from a complete [n_seeds, n_cases] table: var(seed means) / S (0 for one seed),
+    var(case means) / N and the mean over seeds of var_i(d_si) / N."""
+    n_seeds, n = d.shape
+    ms_seed = float(np.var(d.mean(axis=1), ddof=1)) / n_seeds if n_seeds > 1 else 0.0
     ms_case = float(np.var(d.mean(0), ddof=1)) / n
     ms_within = float(np.mean(np.var(d, axis=1, ddof=1))) / n
-    return _t_interval(float(d.mean()), diffs, *two_way_se(ms_seed, ms_case, ms_within, n_seeds, n), level)
+    return ms_seed, ms_case, ms_within
 
 
 def _t_interval(point: float, diffs: np.ndarray, se: float, df: float, level: float) -> dict[str, float]:

@@ -164,8 +164,9 @@ def contrast_table(contrasts: pd.DataFrame, metric: str = "cosine") -> pd.DataFr
 
 def precision_table(plan: pd.DataFrame) -> pd.DataFrame:
     """Each attribution-family contrast's half-width against the target, and the seeds that would reach it."""
-    def seeds(v) -> str:
-        return "not reachable" if pd.isna(v) else str(int(v))
+    def seeds(column: str) -> list[str]:
+        return ["one seed: unknown" if r.n_seeds < 2 else "not reachable" if pd.isna(v) else str(int(v))
+                for v, r in zip(plan[column], plan.itertuples())]
 
     target = plan["target"].iloc[0] if len(plan) else float("nan")
     all_cases = plan["test_cases"].iloc[0] if len(plan) else 0
@@ -175,11 +176,8 @@ def precision_table(plan: pd.DataFrame) -> pd.DataFrame:
         "± half-width": plan["ci_half_width"].round(3),
         "seed term (se)": plan["seed_sd_term"].round(4), "case term (se)": plan["case_sd_term"].round(4),
         f"within ±{target:g}": plan["met"].map({True: "yes", False: "no"}),
-        "seeds needed, these cases": [seeds(v) if r.n_seeds > 1 else "one seed: unknown"
-                                      for v, r in zip(plan["seeds_needed"], plan.itertuples())],
-        f"seeds needed, all {all_cases} test cases": [seeds(v) if r.n_seeds > 1 else "one seed: unknown"
-                                                      for v, r in zip(plan["seeds_needed_all_cases"],
-                                                                      plan.itertuples())],
+        "seeds needed, these cases": seeds("seeds_needed"),
+        f"seeds needed, all {all_cases} test cases": seeds("seeds_needed_all_cases"),
     }).reset_index(drop=True)
 
 
